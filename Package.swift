@@ -1,0 +1,44 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "installer-webhooks",
+    products: [
+        .executable(name: "webhook-fcgi", targets: ["webhook-fcgi"]),
+        .executable(name: "webhook-loadtest", targets: ["webhook-loadtest"]),
+        .library(name: "WebhookCore", targets: ["WebhookCore"]),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CFastCGI",
+            pkgConfig: "fcgi",
+            providers: [.apt(["libfcgi-dev"])]
+        ),
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .target(name: "WebhookCore", dependencies: ["COpenSSL"]),
+        .target(name: "WebhookClient", dependencies: ["WebhookCore"]),
+        .executableTarget(name: "webhook-fcgi", dependencies: ["WebhookCore", "CFastCGI"]),
+        .executableTarget(name: "webhook-loadtest", dependencies: ["WebhookCore", "WebhookClient"]),
+        .target(name: "WebhookTestSupport", dependencies: ["WebhookCore", "WebhookClient"], path: "Tests/Support"),
+        .testTarget(
+            name: "WebhookCoreTests",
+            dependencies: ["WebhookCore", "WebhookTestSupport"],
+            resources: [.copy("Fixtures")]
+        ),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["WebhookCore", "WebhookClient", "WebhookTestSupport", "webhook-fcgi", "webhook-loadtest"]
+        ),
+    ]
+)
+
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + [
+        .enableUpcomingFeature("ExistentialAny"),
+        .enableUpcomingFeature("InternalImportsByDefault"),
+    ]
+}

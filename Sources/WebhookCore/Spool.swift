@@ -1,0 +1,138 @@
+// The spool: a directory tree whose file names are its state, in the manner of
+// maildir. Everything lives on one local file system under WEBHOOK_SPOOL_DIR.
+//
+//   state       where                        who puts it there        who takes it away
+//   writing     tmp/<id>                     webhook-fcgi (O_EXCL)    webhook-fcgi after link, or on
+//                                                                     failure; a stale one by prune
+//   waiting     new/<YYYYMMDDTHHMM>/<id>     webhook-fcgi (link)      webhook-worker (rename to cur/)
+//   claimed     cur/<id>                     webhook-worker           webhook-worker
+//   dead        failed/<id>                  webhook-worker           an operator (retry)
+//   dedupe      dedupe/ab/cd/<key>           webhook-fcgi             prune, past retention
+//
+// Commit protocol for one event (no 2xx is sent before the last step):
+//   1. open tmp/<id> O_CREAT|O_EXCL|O_CLOEXEC 0600, write the whole record, fsync, close;
+//   2. link into new/<bucket>/<id> (a bucket made on the way is fsynced into new/),
+//      unlink tmp/<id>;
+//   3. fsync new/<bucket>.
+// A failure at any step removes what the attempt made and reports the error; a
+// failed fsync is never retried (the kernel may have dropped the dirty pages).
+// Buckets are named by the minute the events arrived, so a reader can take the
+// oldest work first by listing one small directory, and no directory holds more
+// than a minute of traffic.
+import Glibc
+
+/// The spool tree and its commit protocol.
+public struct Spool: Sendable {
+    /// The spool's root directory.
+    public let root: String
+    let fs: FileOps
+
+    /// The subdirectories every spool has.
+    public static let directories = ["tmp", "new", "cur", "failed", "dedupe"]
+
+    /// A spool rooted at `root`.
+    public init(root: String, fs: FileOps = .system) {
+        self.root = root
+        self.fs = fs
+    }
+
+    /// The lock store inside this spool.
+    public var lockStore: LockStore { LockStore(root: root + "/dedupe", fs: fs) }
+
+    /// Creates the tree (0700) where it is missing.
+    public func createTree() throws(SystemError) {
+        for dir in [root] + Self.directories.map({ root + "/" + $0 }) {
+            if fs.mkdir(dir, 0o700) != 0 && errno != EEXIST { throw SystemError("mkdir", dir, errno) }
+            var st = stat()
+            guard stat(dir, &st) == 0 else { throw SystemError("stat", dir, errno) }
+            guard st.st_mode & S_IFMT == S_IFDIR else { throw SystemError("mkdir", dir, ENOTDIR) }
+        }
+    }
+
+    /// A new event id: arrival time in microseconds, then 40 random bits, so ids
+    /// sort by arrival and never collide.
+    public static func newId(receivedAtMicros: Int64) -> String {
+        let digits = String(receivedAtMicros)
+        let padded = String(repeating: "0", count: max(0, 16 - digits.count)) + digits
+        return padded + "-" + Hex.encode(Crypto.randomBytes(5))
+    }
+
+    /// The path, relative to the root, at which `id` waits in `new/`.
+    public static func waitingPath(id: String, receivedAtMicros: Int64) -> String {
+        "new/" + Timestamp.bucketName(micros: receivedAtMicros) + "/" + id
+    }
+
+    /// Writes `record` to `tmp/` and makes its data durable (step 1).
+    public func stage(_ record: SpoolRecord, durable: Bool = true) throws(SystemError) -> String {
+        let tmp = "tmp/" + record.id
+        let path = root + "/" + tmp
+        let fd = fs.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw SystemError("open", tmp, errno) }
+        let header = record.encodedHeader()
+        var failure: SystemError? = nil
+        if !header.withUnsafeBytes({ fs.writeAll(fd, $0) }) || !record.body.withUnsafeBytes({ fs.writeAll(fd, $0) }) {
+            failure = SystemError("write", tmp, errno)
+        } else if durable && fs.fsync(fd) != 0 {
+            failure = SystemError("fsync", tmp, errno)
+        }
+        if fs.close(fd) != 0 && failure == nil {
+            failure = SystemError("close", tmp, errno)
+        }
+        if let failure {
+            _ = fs.unlink(path)
+            throw failure
+        }
+        return tmp
+    }
+
+    /// Links a staged file into `new/` and makes the entry durable (steps 2 and 3).
+    /// On failure nothing of the attempt is left in `tmp/` or `new/`.
+    public func publish(staged tmp: String, as waiting: String, durable: Bool = true) throws(SystemError) {
+        let tmpPath = root + "/" + tmp
+        let target = root + "/" + waiting
+        let bucket = String(target[..<(target.lastIndex(of: "/") ?? target.endIndex)])
+        do throws(SystemError) {
+            var madeBucket = false
+            var attempts = 0
+            while fs.link(tmpPath, target) != 0 {
+                let code = errno
+                attempts += 1
+                // ENOENT: the bucket is new, or a worker removed it as empty just now.
+                guard code == ENOENT, attempts <= 3 else { throw SystemError("link", waiting, code) }
+                if fs.mkdir(bucket, 0o700) == 0 {
+                    madeBucket = true
+                } else if errno != EEXIST {
+                    throw SystemError("mkdir", relative(bucket), errno)
+                }
+            }
+            if madeBucket && durable {
+                let code = fs.syncDirectory(root + "/new")
+                if code != 0 {
+                    _ = fs.unlink(target)
+                    throw SystemError("fsync", "new", code)
+                }
+            }
+            let code = durable ? fs.syncDirectory(bucket) : 0
+            if code != 0 {
+                _ = fs.unlink(target)
+                throw SystemError("fsync", relative(bucket), code)
+            }
+        } catch {
+            _ = fs.unlink(tmpPath)
+            throw error
+        }
+        // The event is durable in new/; a tmp/ name left by a failed unlink is
+        // a second link to the same inode, removed by prune, harmless meanwhile.
+        _ = fs.unlink(tmpPath)
+    }
+
+    /// Whether a relative spool path names an existing file.
+    public func exists(_ relativePath: String) -> Bool {
+        var st = stat()
+        return stat(root + "/" + relativePath, &st) == 0
+    }
+
+    private func relative(_ path: String) -> String {
+        path.hasPrefix(root + "/") ? String(path.dropFirst(root.count + 1)) : path
+    }
+}
