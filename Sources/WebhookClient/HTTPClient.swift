@@ -1,1 +1,271 @@
+// A small blocking HTTP/1.1 client on POSIX sockets: one connection, kept
+// alive across requests, with a deadline per request. It speaks plain http://
+// only; the receive endpoint is reached through the host's nginx or loopback.
+import Glibc
 import WebhookCore
+
+/// An `http://host:port/path` address.
+public struct HTTPURL: Sendable, Equatable {
+    /// Host name or address literal (IPv6 without brackets).
+    public var host: String
+    /// TCP port.
+    public var port: UInt16
+    /// Path and query, starting with `/`.
+    public var path: String
+
+    /// Parses `http://host[:port][/path]`; nil for anything else.
+    public init?(_ text: String) {
+        guard text.hasPrefix("http://") else { return nil }
+        var rest = Substring(text.dropFirst(7))
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        path = slash == rest.endIndex ? "/" : String(rest[slash...])
+        rest = rest[..<slash]
+        var portText: Substring? = nil
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { return nil }
+            host = String(rest[rest.index(after: rest.startIndex)..<close])
+            let after = rest[rest.index(after: close)...]
+            if after.hasPrefix(":") { portText = after.dropFirst() } else if !after.isEmpty { return nil }
+        } else if let colon = rest.lastIndex(of: ":") {
+            host = String(rest[..<colon])
+            portText = rest[rest.index(after: colon)...]
+        } else {
+            host = String(rest)
+        }
+        guard !host.isEmpty else { return nil }
+        if let portText {
+            guard let p = UInt16(portText), p > 0 else { return nil }
+            port = p
+        } else {
+            port = 80
+        }
+    }
+
+    /// The Host header value.
+    public var hostHeader: String {
+        let h = host.contains(":") ? "[\(host)]" : host
+        return port == 80 ? h : "\(h):\(port)"
+    }
+}
+
+/// A response as received.
+public struct HTTPResponse: Sendable {
+    /// Status code.
+    public var status: Int
+    /// Headers, names lower-cased, in order.
+    public var headers: [(name: String, value: String)]
+    /// The body.
+    public var body: [UInt8]
+
+    /// The first header named `name` (lower-case).
+    public func header(_ name: String) -> String? {
+        headers.first(where: { $0.name == name })?.value
+    }
+
+    /// The body as UTF-8 text.
+    public var text: String { String(decoding: body, as: UTF8.self) }
+}
+
+/// Why a request got no response.
+public enum HTTPError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// Name resolution or connect failed.
+    case connect(String)
+    /// No complete response before the deadline.
+    case timeout
+    /// The connection broke or the peer sent something that is not HTTP.
+    case transport(String)
+
+    public var description: String {
+        switch self {
+        case .connect(let s): return "connect: \(s)"
+        case .timeout: return "timed out"
+        case .transport(let s): return "transport: \(s)"
+        }
+    }
+}
+
+/// One keep-alive connection to one server.
+public final class HTTPConnection {
+    /// The server.
+    public let url: HTTPURL
+    private var fd: Int32 = -1
+    private var buffer: [UInt8] = []
+
+    /// A connection to `url`'s host; it connects on first use.
+    public init(url: HTTPURL) {
+        self.url = url
+    }
+
+    deinit { close() }
+
+    /// Closes the socket; the next request reconnects.
+    public func close() {
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    private func connect(deadline: Deadline) throws(HTTPError) {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>? = nil
+        let rc = getaddrinfo(url.host, String(url.port), &hints, &list)
+        guard rc == 0, let first = list else { throw .connect("cannot resolve \(url.host)") }
+        defer { freeaddrinfo(list) }
+        var lastError = "no address"
+        var entry: UnsafeMutablePointer<addrinfo>? = first
+        while let a = entry {
+            entry = a.pointee.ai_next
+            let s = socket(a.pointee.ai_family, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            if s < 0 { continue }
+            var one: Int32 = 1
+            setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            setTimeout(s, deadline)
+            if Glibc.connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 {
+                fd = s
+                return
+            }
+            lastError = String(cString: strerror(errno))
+            Glibc.close(s)
+        }
+        throw .connect("\(url.hostHeader): \(lastError)")
+    }
+
+    private func setTimeout(_ s: Int32, _ deadline: Deadline) {
+        let ns = max(deadline.remainingNanos, 1_000_000)
+        var tv = timeval(tv_sec: Int(ns / 1_000_000_000), tv_usec: Int(ns % 1_000_000_000 / 1000))
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Sends one request and reads its response. A connection the server closed
+    /// while idle is reopened once, before anything of the request was answered.
+    public func send(
+        method: String, path: String? = nil, headers: [(String, String)] = [], body: [UInt8] = [],
+        timeoutMilliseconds: Int = 10_000
+    ) throws(HTTPError) -> HTTPResponse {
+        let deadline = Deadline(millisecondsFromNow: timeoutMilliseconds)
+        var head = "\(method) \(path ?? url.path) HTTP/1.1\r\nHost: \(url.hostHeader)\r\n"
+        for (name, value) in headers { head += "\(name): \(value)\r\n" }
+        if !body.isEmpty || method == "POST" || method == "PUT" { head += "Content-Length: \(body.count)\r\n" }
+        head += "\r\n"
+        let request = Array(head.utf8) + body
+        let reused = fd >= 0
+        do {
+            return try attempt(request, deadline: deadline, isHead: method == "HEAD")
+        } catch .transport(let why) where reused {
+            _ = why
+            close()
+            return try attempt(request, deadline: deadline, isHead: method == "HEAD")
+        }
+    }
+
+    private func attempt(_ request: [UInt8], deadline: Deadline, isHead: Bool) throws(HTTPError) -> HTTPResponse {
+        if fd < 0 { try connect(deadline: deadline) } else { setTimeout(fd, deadline) }
+        do {
+            try writeAll(request)
+            return try readResponse(deadline: deadline, isHead: isHead)
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    private func writeAll(_ bytes: [UInt8]) throws(HTTPError) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { throw .timeout }
+                throw .transport(String(cString: strerror(errno)))
+            }
+            offset += n
+        }
+    }
+
+    /// Reads more bytes into the buffer; false at end of stream.
+    private func fill(_ deadline: Deadline) throws(HTTPError) -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            if deadline.hasPassed { throw .timeout }
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n > 0 {
+                buffer.append(contentsOf: chunk[0..<n])
+                return true
+            }
+            if n == 0 { return false }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { throw .timeout }
+            throw .transport(String(cString: strerror(errno)))
+        }
+    }
+
+    private func take(_ count: Int) -> [UInt8] {
+        let out = Array(buffer[0..<count])
+        buffer.removeFirst(count)
+        return out
+    }
+
+    private func readLine(_ deadline: Deadline) throws(HTTPError) -> [UInt8] {
+        while true {
+            if let i = buffer.firstIndex(of: 10) {
+                var line = take(i + 1)
+                line.removeLast()
+                if line.last == 13 { line.removeLast() }
+                return line
+            }
+            guard buffer.count < 65536 else { throw .transport("header line too long") }
+            guard try fill(deadline) else { throw .transport("connection closed mid-response") }
+        }
+    }
+
+    private func readResponse(deadline: Deadline, isHead: Bool) throws(HTTPError) -> HTTPResponse {
+        let statusLine = String(decoding: try readLine(deadline), as: UTF8.self)
+        let parts = statusLine.split(separator: " ", maxSplits: 2)
+        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]) else {
+            throw .transport("not an HTTP response: \(statusLine.prefix(40))")
+        }
+        var headers: [(name: String, value: String)] = []
+        while true {
+            let line = try readLine(deadline)
+            if line.isEmpty { break }
+            let text = String(decoding: line, as: UTF8.self)
+            guard let colon = text.firstIndex(of: ":") else { throw .transport("malformed header") }
+            headers.append((text[..<colon].lowercased(), String(text[text.index(after: colon)...]).trimmingSpaces()))
+        }
+        let response = HTTPResponse(status: status, headers: headers, body: [])
+        var body: [UInt8] = []
+        if isHead || status == 204 || status == 304 || (100..<200).contains(status) {
+            // no body
+        } else if response.header("transfer-encoding")?.lowercased().contains("chunked") == true {
+            while true {
+                let sizeLine = String(decoding: try readLine(deadline), as: UTF8.self)
+                guard let size = Int(sizeLine.split(separator: ";").first ?? "", radix: 16) else {
+                    throw .transport("bad chunk size")
+                }
+                if size == 0 {
+                    while try !readLine(deadline).isEmpty {}
+                    break
+                }
+                while buffer.count < size + 2 {
+                    guard try fill(deadline) else { throw .transport("connection closed mid-body") }
+                }
+                body.append(contentsOf: take(size))
+                _ = take(2)
+            }
+        } else if let lengthText = response.header("content-length") {
+            guard let length = Int(lengthText), length >= 0 else { throw .transport("bad Content-Length") }
+            while buffer.count < length {
+                guard try fill(deadline) else { throw .transport("connection closed mid-body") }
+            }
+            body = take(length)
+        } else {
+            while try fill(deadline) {}
+            body = take(buffer.count)
+            close()
+        }
+        if response.header("connection")?.lowercased() == "close" { close() }
+        return HTTPResponse(status: status, headers: headers, body: body)
+    }
+}

@@ -112,8 +112,13 @@ public struct ReceiverConfig: Sendable {
         return (config, warnings)
     }
 
-    /// Reads the secrets: one per line, surrounding white space trimmed, blank lines skipped.
+    /// Reads the secrets from ``secretFile``.
     public func loadSecrets() throws(ConfigError) -> [[UInt8]] {
+        try Self.loadSecrets(from: secretFile)
+    }
+
+    /// Reads secrets: one per line, surrounding white space trimmed, blank lines skipped.
+    public static func loadSecrets(from secretFile: String) throws(ConfigError) -> [[UInt8]] {
         let bytes: [UInt8]
         do { bytes = try readWholeFile(secretFile, limit: 1 << 16) } catch {
             throw ConfigError("cannot read WEBHOOK_SECRET_FILE \(secretFile): \(error)")

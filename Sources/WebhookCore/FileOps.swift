@@ -50,6 +50,27 @@ public struct FileOps: Sendable {
     /// mkdir(2).
     public var mkdir: @Sendable (_ path: String, _ mode: UInt32) -> Int32
 
+    /// A set of calls; tests pass wrappers that fail on purpose.
+    public init(
+        open: @escaping @Sendable (_ path: String, _ flags: Int32, _ mode: UInt32) -> Int32,
+        write: @escaping @Sendable (_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int,
+        fsync: @escaping @Sendable (_ fd: Int32) -> Int32,
+        close: @escaping @Sendable (_ fd: Int32) -> Int32,
+        link: @escaping @Sendable (_ from: String, _ to: String) -> Int32,
+        rename: @escaping @Sendable (_ from: String, _ to: String) -> Int32,
+        unlink: @escaping @Sendable (_ path: String) -> Int32,
+        mkdir: @escaping @Sendable (_ path: String, _ mode: UInt32) -> Int32
+    ) {
+        self.open = open
+        self.write = write
+        self.fsync = fsync
+        self.close = close
+        self.link = link
+        self.rename = rename
+        self.unlink = unlink
+        self.mkdir = mkdir
+    }
+
     /// The real system calls.
     public static let system = FileOps(
         open: { path, flags, mode in Glibc.open(path, flags, mode) },

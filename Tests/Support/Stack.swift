@@ -1,0 +1,221 @@
+// The real thing for end-to-end tests: webhook-fcgi listening on a Unix
+// socket and nginx on a free loopback port, rendered from nginx/ by the same
+// script scripts/up uses.
+public import Foundation
+public import Glibc
+
+/// Where the package and its built binaries are.
+public enum Paths {
+    /// The package root (two levels above this file).
+    public static let packageRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    /// The directory holding the built executables.
+    public static var binDir: String {
+        ProcessInfo.processInfo.environment["WEBHOOK_BIN_DIR"] ?? packageRoot + "/.build/debug"
+    }
+
+    /// A built executable of this package.
+    public static func binary(_ name: String) -> String { binDir + "/" + name }
+
+    /// The nginx binary, from PATH or /usr/sbin.
+    public static var nginx: String? {
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "") + ":/usr/sbin:/sbin"
+        for dir in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(dir)/nginx") {
+            return "\(dir)/nginx"
+        }
+        return nil
+    }
+}
+
+/// A loopback TCP port that was free a moment ago.
+public func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+    }
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+public func portAnswers(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
+}
+
+/// Why a stack did not come up.
+public struct StackError: Error, CustomStringConvertible {
+    /// What went wrong, with the logs that tell why.
+    public let description: String
+}
+
+/// Runs a program to completion, returning its exit status and output.
+@discardableResult
+public func run(_ program: String, _ arguments: [String], environment: [String: String]? = nil, stdin: Data? = nil)
+    throws -> (status: Int32, stdout: Data, stderr: Data)
+{
+    let scratch = TempDirectory("run")
+    defer { scratch.remove() }
+    // Files rather than pipes: a chatty child can never block on a full pipe.
+    for name in ["in", "out", "err"] { FileManager.default.createFile(atPath: scratch.at(name), contents: nil) }
+    try (stdin ?? Data()).write(to: URL(fileURLWithPath: scratch.at("in")))
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: program)
+    p.arguments = arguments
+    if let environment { p.environment = environment }
+    p.standardInput = try FileHandle(forReadingFrom: URL(fileURLWithPath: scratch.at("in")))
+    p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: scratch.at("out")))
+    p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: scratch.at("err")))
+    try p.run()
+    p.waitUntilExit()
+    let out = (try? Data(contentsOf: URL(fileURLWithPath: scratch.at("out")))) ?? Data()
+    let err = (try? Data(contentsOf: URL(fileURLWithPath: scratch.at("err")))) ?? Data()
+    return (p.terminationStatus, out, err)
+}
+
+/// webhook-fcgi and nginx, started for one test and stopped by ``stop()``.
+public final class ReceiverStack: @unchecked Sendable {
+    /// Scratch directory holding everything.
+    public let dir: TempDirectory
+    /// The spool root.
+    public let spoolDir: String
+    /// The secret file.
+    public let secretFile: String
+    /// The secrets, first one signing.
+    public let secrets: [String]
+    /// The FastCGI socket.
+    public let socketPath: String
+    /// nginx's port.
+    public private(set) var port = 0
+    /// The handler process.
+    public private(set) var handler: Process?
+    private var nginx: Process?
+    private let handlerLogPath: String
+    private let settings: [String: String]
+
+    /// The webhook endpoint.
+    public var url: String { "http://127.0.0.1:\(port)/webhooks/installer" }
+
+    /// Starts both. `settings` are extra WEBHOOK_* variables; `nginxMaxBody`
+    /// is nginx's client_max_body_size.
+    public init(settings: [String: String] = [:], secrets: [String] = ["whsec-e2e-\(UUID().uuidString)"],
+        nginxMaxBody: String = "1m") throws
+    {
+        dir = TempDirectory("stack")
+        spoolDir = dir.at("spool")
+        secretFile = dir.at("secret")
+        socketPath = dir.at("fcgi.sock")
+        handlerLogPath = dir.at("webhook-fcgi.log")
+        self.secrets = secrets
+        self.settings = settings
+        writeFile(secretFile, secrets.joined(separator: "\n") + "\n")
+        try startHandler()
+        try startNginx(maxBody: nginxMaxBody)
+    }
+
+    /// The handler's environment.
+    public var handlerEnvironment: [String: String] {
+        var env = ["WEBHOOK_SECRET_FILE": secretFile, "WEBHOOK_SPOOL_DIR": spoolDir, "PATH": "/usr/bin:/bin"]
+        for (k, v) in settings { env[k] = v }
+        return env
+    }
+
+    /// Starts (or restarts) webhook-fcgi and waits for its socket.
+    public func startHandler() throws {
+        unlink(socketPath)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Paths.binary("webhook-fcgi"))
+        p.arguments = ["--listen", socketPath]
+        p.environment = handlerEnvironment
+        if !FileManager.default.fileExists(atPath: handlerLogPath) {
+            FileManager.default.createFile(atPath: handlerLogPath, contents: nil)
+        }
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: handlerLogPath))
+        log.seekToEndOfFile()
+        p.standardError = log
+        p.standardOutput = log
+        try p.run()
+        handler = p
+        let up = waitUntil { FileManager.default.fileExists(atPath: socketPath) || !p.isRunning }
+        guard up, p.isRunning else {
+            throw StackError(description: "webhook-fcgi did not start:\n\(handlerLog)")
+        }
+    }
+
+    private func startNginx(maxBody: String) throws {
+        guard let nginxPath = Paths.nginx else { throw StackError(description: "nginx is not installed (scripts/setup)") }
+        let runDir = dir.at("nginx")
+        try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
+        var lastError = ""
+        for _ in 0..<5 {
+            port = freePort()
+            let rendered = try run(
+                "/bin/bash", [Paths.packageRoot + "/scripts/render-nginx", runDir, "127.0.0.1:\(port)", socketPath, maxBody])
+            guard rendered.status == 0 else {
+                throw StackError(description: "render-nginx failed: \(String(decoding: rendered.stderr, as: UTF8.self))")
+            }
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: nginxPath)
+            p.arguments = ["-p", runDir, "-c", runDir + "/nginx.conf", "-e", runDir + "/nginx-error.log"]
+            p.standardError = FileHandle.nullDevice
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            if waitUntil({ portAnswers(port) || !p.isRunning }) && p.isRunning {
+                nginx = p
+                return
+            }
+            p.terminate()
+            p.waitUntilExit()
+            lastError = (try? String(contentsOfFile: runDir + "/nginx-error.log", encoding: .utf8)) ?? ""
+        }
+        throw StackError(description: "nginx did not start:\n\(lastError)")
+    }
+
+    /// What the handler wrote to stderr so far.
+    public var handlerLog: String {
+        (try? String(contentsOfFile: handlerLogPath, encoding: .utf8)) ?? ""
+    }
+
+    /// Files waiting in `new/`, relative to the spool.
+    public var waitingFiles: [String] { filesUnder(spoolDir + "/new") }
+
+    /// Stops the handler with `signal` and waits; returns its exit status.
+    @discardableResult
+    public func stopHandler(signal: Int32 = SIGTERM) -> Int32 {
+        guard let p = handler else { return -1 }
+        if p.isRunning { kill(p.processIdentifier, signal) }
+        p.waitUntilExit()
+        handler = nil
+        return p.terminationStatus
+    }
+
+    /// Stops both and removes the scratch directory.
+    public func stop() {
+        stopHandler()
+        if let p = nginx {
+            if p.isRunning { kill(p.processIdentifier, SIGTERM) }
+            p.waitUntilExit()
+        }
+        nginx = nil
+        dir.remove()
+    }
+}

@@ -1,0 +1,60 @@
+// Scratch directories and small file helpers for tests.
+public import Foundation
+public import Glibc
+
+/// A fresh directory under the system's temporary directory, removed by ``remove()``.
+public final class TempDirectory: @unchecked Sendable {
+    /// Its absolute path.
+    public let path: String
+
+    /// Creates `…/iw-<prefix>-XXXXXX`.
+    public init(_ prefix: String = "test") {
+        var template = Array("\(NSTemporaryDirectory())/iw-\(prefix)-XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        precondition(made != nil, "mkdtemp failed: \(String(cString: strerror(errno)))")
+        path = String(cString: made!)
+    }
+
+    /// Removes the directory and everything in it.
+    public func remove() {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    /// `path/relative`.
+    public func at(_ relative: String) -> String { path + "/" + relative }
+}
+
+/// Regular files under `directory` (recursively), as paths relative to it, sorted.
+public func filesUnder(_ directory: String) -> [String] {
+    guard let e = FileManager.default.enumerator(atPath: directory) else { return [] }
+    var out: [String] = []
+    while let item = e.nextObject() as? String {
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: directory + "/" + item, isDirectory: &isDir), !isDir.boolValue {
+            out.append(item)
+        }
+    }
+    return out.sorted()
+}
+
+/// The permission bits of `path`.
+public func modeBits(_ path: String) -> UInt32 {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return 0 }
+    return UInt32(st.st_mode) & 0o7777
+}
+
+/// Writes `text` to `path` with `mode`.
+public func writeFile(_ path: String, _ text: String, mode: Int = 0o600) {
+    FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+}
+
+/// Polls `condition` every 10 ms until it holds or `seconds` pass; returns whether it held.
+public func waitUntil(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
+    let end = Date().addingTimeInterval(seconds)
+    while Date() < end {
+        if condition() { return true }
+        usleep(10_000)
+    }
+    return condition()
+}

@@ -1,0 +1,90 @@
+import Foundation
+import Testing
+import WebhookCore
+
+struct SignatureVector: Sendable, CustomTestStringConvertible {
+    let name: String
+    let secrets: [String]
+    let body: [UInt8]
+    let header: String
+    let valid: Bool
+    var testDescription: String { name }
+
+    static func all() throws -> [SignatureVector] {
+        guard let url = Bundle.module.url(forResource: "Fixtures/signatures", withExtension: "json") else {
+            throw CocoaError(.fileNoSuchFile)
+        }
+        let root = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any]
+        let cases = root?["cases"] as? [[String: Any]] ?? []
+        return cases.map { c in
+            SignatureVector(
+                name: c["name"] as? String ?? "?", secrets: c["secrets"] as? [String] ?? [],
+                body: Array(Data(base64Encoded: c["body_base64"] as? String ?? "") ?? Data()),
+                header: c["header"] as? String ?? "", valid: c["valid"] as? Bool ?? false)
+        }
+    }
+}
+
+@Suite struct SignatureTests {
+    @Test func vectorFileHasTheDocumentedCases() throws {
+        let names = Set(try SignatureVector.all().map(\.name))
+        for expected in [
+            "empty body", "upper-case hex", "several signatures, second right", "second configured secret (rotation)",
+            "wrong secret", "missing prefix", "63 hex digits", "65 hex digits", "non-hex digits", "empty header",
+        ] {
+            #expect(names.contains(expected), "vector \(expected) missing")
+        }
+    }
+
+    @Test(arguments: try SignatureVector.all())
+    func vector(_ v: SignatureVector) throws {
+        let verifier = SignatureVerifier(secrets: v.secrets.map { Array($0.utf8) })
+        let accepted: Bool
+        do {
+            try verifier.verify(header: v.header, body: v.body)
+            accepted = true
+        } catch {
+            accepted = false
+            // The reason is safe to send back: it never carries the expected tag.
+            let expected = Hex.encode(Crypto.hmacSHA256(key: Array(v.secrets[0].utf8), data: v.body))
+            #expect(!error.reason.lowercased().contains(expected))
+        }
+        #expect(accepted == v.valid, "\(v.name)")
+    }
+
+    @Test func signProducesWhatVerifies() throws {
+        let v = SignatureVerifier(secrets: [Array("k1".utf8), Array("k2".utf8)])
+        let body = Array("{\"event\":\"x\"}".utf8)
+        try v.verify(header: v.sign(body), body: body)
+        #expect(v.sign(body).hasPrefix("sha256="))
+        #expect(v.sign(body).count == 71)
+    }
+
+    @Test func failureKinds() {
+        let v = SignatureVerifier(secrets: [Array("k".utf8)])
+        let body = Array("b".utf8)
+        #expect(throws: SignatureFailure.missing) { try v.verify(header: nil, body: body) }
+        #expect(throws: SignatureFailure.missing) { try v.verify(header: "  ", body: body) }
+        #expect(throws: SignatureFailure.malformed) { try v.verify(header: "sha256=abc", body: body) }
+        #expect(throws: SignatureFailure.malformed) { try v.verify(header: "sha256=" + String(repeating: "z", count: 64), body: body) }
+        #expect(throws: SignatureFailure.mismatch) { try v.verify(header: "sha256=" + String(repeating: "0", count: 64), body: body) }
+    }
+
+    @Test func wellFormedValueNextToGarbageStillCounts() throws {
+        let v = SignatureVerifier(secrets: [Array("k".utf8)])
+        let body = Array("b".utf8)
+        try v.verify(header: "sha1=deadbeef, " + v.sign(body) + " ,junk", body: body)
+    }
+
+    @Test func hexRoundTrip() {
+        let bytes: [UInt8] = [0, 1, 0x7f, 0x80, 0xff]
+        #expect(Hex.encode(bytes) == "00017f80ff")
+        #expect(Hex.decode(Array("00017F80FF".utf8)) == bytes)
+        #expect(Hex.decode(Array("0".utf8)) == nil)
+        #expect(Hex.decode(Array("0g".utf8)) == nil)
+    }
+
+    @Test func sha256KnownAnswer() {
+        #expect(Hex.encode(Crypto.sha256(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+}
