@@ -92,6 +92,14 @@ public func run(_ program: String, _ arguments: [String], environment: [String: 
     return (p.terminationStatus, out, err)
 }
 
+/// How the handler gets its FastCGI socket.
+public enum HandlerLaunch: Sendable {
+    /// `webhook-fcgi --listen PATH`.
+    case listen
+    /// `spawn-fcgi -n`, which binds the socket and hands it over as fd 0.
+    case spawnFCGI
+}
+
 /// webhook-fcgi and nginx, started for one test and stopped by ``stop()``.
 public final class ReceiverStack: @unchecked Sendable {
     /// Scratch directory holding everything.
@@ -111,6 +119,7 @@ public final class ReceiverStack: @unchecked Sendable {
     private var nginx: Process?
     private let handlerLogPath: String
     private let settings: [String: String]
+    private let launch: HandlerLaunch
 
     /// The webhook endpoint.
     public var url: String { "http://127.0.0.1:\(port)/webhooks/installer" }
@@ -118,8 +127,9 @@ public final class ReceiverStack: @unchecked Sendable {
     /// Starts both. `settings` are extra WEBHOOK_* variables; `nginxMaxBody`
     /// is nginx's client_max_body_size.
     public init(settings: [String: String] = [:], secrets: [String] = ["whsec-e2e-\(UUID().uuidString)"],
-        nginxMaxBody: String = "1m") throws
+        nginxMaxBody: String = "1m", launch: HandlerLaunch = .listen) throws
     {
+        self.launch = launch
         dir = TempDirectory("stack")
         spoolDir = dir.at("spool")
         secretFile = dir.at("secret")
@@ -139,12 +149,28 @@ public final class ReceiverStack: @unchecked Sendable {
         return env
     }
 
+    /// Sockets the handler process holds open (the listening one plus connections).
+    public var handlerSocketCount: Int {
+        guard let pid = handler?.processIdentifier,
+            let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")
+        else { return 0 }
+        return fds.filter { fd in
+            ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")) ?? "").hasPrefix("socket:")
+        }.count
+    }
+
     /// Starts (or restarts) webhook-fcgi and waits for its socket.
     public func startHandler() throws {
         unlink(socketPath)
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: Paths.binary("webhook-fcgi"))
-        p.arguments = ["--listen", socketPath]
+        switch launch {
+        case .listen:
+            p.executableURL = URL(fileURLWithPath: Paths.binary("webhook-fcgi"))
+            p.arguments = ["--listen", socketPath]
+        case .spawnFCGI:
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/spawn-fcgi")
+            p.arguments = ["-n", "-s", socketPath, "-M", "0660", "--", Paths.binary("webhook-fcgi")]
+        }
         p.environment = handlerEnvironment
         if !FileManager.default.fileExists(atPath: handlerLogPath) {
             FileManager.default.createFile(atPath: handlerLogPath, contents: nil)
