@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .executable(name: "webhook-fcgi", targets: ["webhook-fcgi"]),
         .executable(name: "webhook-loadtest", targets: ["webhook-loadtest"]),
+        .executable(name: "webhook-worker", targets: ["webhook-worker"]),
         .library(name: "WebhookCore", targets: ["WebhookCore"]),
     ],
     targets: [
@@ -19,19 +20,22 @@ let package = Package(
             pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]
         ),
+        .systemLibrary(name: "CSystem"),
         .target(name: "WebhookCore", dependencies: ["COpenSSL"]),
+        .target(name: "WorkerCore", dependencies: ["WebhookCore", "WebhookClient", "CSystem"]),
         .target(name: "WebhookClient", dependencies: ["WebhookCore"]),
         .executableTarget(name: "webhook-fcgi", dependencies: ["WebhookCore", "CFastCGI"]),
         .executableTarget(name: "webhook-loadtest", dependencies: ["WebhookCore", "WebhookClient"]),
+        .executableTarget(name: "webhook-worker", dependencies: ["WorkerCore", "WebhookCore", "WebhookClient"]),
         .target(name: "WebhookTestSupport", dependencies: ["WebhookCore", "WebhookClient"], path: "Tests/Support"),
         .testTarget(
             name: "WebhookCoreTests",
-            dependencies: ["WebhookCore", "WebhookTestSupport"],
+            dependencies: ["WebhookCore", "WorkerCore", "WebhookClient", "WebhookTestSupport"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["WebhookCore", "WebhookClient", "WebhookTestSupport", "webhook-fcgi", "webhook-loadtest"]
+            dependencies: ["WebhookCore", "WebhookClient", "WebhookTestSupport", "WorkerCore", "webhook-fcgi", "webhook-loadtest", "webhook-worker"]
         ),
     ]
 )

@@ -84,7 +84,7 @@ public struct FileOps: Sendable {
     )
 
     /// Writes all of `bytes`, looping over short writes and EINTR.
-    func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
         var offset = 0
         while offset < bytes.count {
             let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
@@ -102,7 +102,7 @@ public struct FileOps: Sendable {
     }
 
     /// Opens a directory read-only and fsyncs it, so entries made in it are durable.
-    func syncDirectory(_ path: String) -> Int32 {
+    public func syncDirectory(_ path: String) -> Int32 {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)
         guard fd >= 0 else { return errno }
         if fsync(fd) != 0 {

@@ -12,10 +12,15 @@
 //                               (the lock is free again)        published -> commit it; else accept anew
 //   C <id> <expires>            accepted as <id>                answers "duplicate"; past <expires> it is
 //                                                               treated as absent (retention over)
+//   H <id> <expires>            accepted, and a worker handler  the same as C; the worker never runs a
+//                               succeeded on it (fsynced)       handler for this key again
 //
-// Markers are written without fsync: a marker lost in a power cut can only
-// let a later duplicate into the spool a second time, never lose an event, and
-// the worker's own exactly-once record absorbs such a duplicate.
+// The receive path writes markers without fsync: a marker lost in a power cut
+// can only let a later duplicate into the spool a second time, never lose an
+// event, and the worker's fsynced H record keeps such a duplicate from reaching
+// a handler twice. webhook-worker prunes markers past <expires> (and stale P or
+// empty ones) under the same flock; a request re-checks the inode after locking,
+// so it never works on a marker a pruner has just unlinked.
 import Glibc
 
 /// Why a dedupe key could not be worked on.
@@ -34,6 +39,8 @@ public enum MarkerState: Equatable, Sendable {
     case inProgress(spoolPath: String)
     /// Accepted as `id`, remembered until `expiresAt` (Unix seconds).
     case committed(id: String, expiresAt: Int64)
+    /// Accepted as `id` and handled by the worker; remembered until `expiresAt`.
+    case handled(id: String, expiresAt: Int64)
 }
 
 /// A held marker lock; release it with ``LockStore/release(_:)``.
@@ -132,9 +139,10 @@ public struct LockStore: Sendable {
         switch fields[0] {
         case "P":
             return .inProgress(spoolPath: fields[1])
-        case "C":
+        case "C", "H":
             guard let expires = Int64(fields[2]) else { return .absent }
-            return expires < nowSeconds ? .absent : .committed(id: fields[1], expiresAt: expires)
+            if expires < nowSeconds { return .absent }
+            return fields[0] == "C" ? .committed(id: fields[1], expiresAt: expires) : .handled(id: fields[1], expiresAt: expires)
         default:
             return .absent
         }
@@ -160,6 +168,12 @@ public struct LockStore: Sendable {
         try write(marker, "C \(id) \(expiresAt)\n")
     }
 
+    /// Records, durably, that a handler succeeded on the key's event.
+    public func markHandled(_ marker: HeldMarker, id: String, expiresAt: Int64) throws(LockStoreError) {
+        try write(marker, "H \(id) \(expiresAt)\n")
+        guard fs.fsync(marker.fd) == 0 else { throw .system(SystemError("fsync", marker.path, errno)) }
+    }
+
     /// Forgets an attempt that did not complete, so the next delivery starts afresh.
     public func clear(_ marker: HeldMarker) {
         _ = ftruncate(marker.fd, 0)
@@ -168,5 +182,62 @@ public struct LockStore: Sendable {
     /// Releases the lock (closing the descriptor drops the flock).
     public func release(_ marker: HeldMarker) {
         _ = fs.close(marker.fd)
+    }
+}
+
+/// What one prune pass over part of the lock store did.
+public struct MarkerPruneCount: Sendable, Equatable {
+    /// Markers looked at.
+    public var examined = 0
+    /// Markers removed.
+    public var removed = 0
+    /// Markers skipped because a request held them.
+    public var busy = 0
+
+    /// Creates a zero count.
+    public init() {}
+}
+
+extension LockStore {
+    /// The 256 top-level shard names, `00` to `ff`.
+    public static let topShards: [String] = (0..<256).map { Hex.encode([UInt8($0)]) }
+
+    /// Removes, under each marker's flock, markers past their expiry, `P` markers
+    /// and empty ones older than `staleSeconds`, in top-level shard `top`.
+    public func prune(top: String, nowSeconds: Int64, staleSeconds: Int64) -> MarkerPruneCount {
+        var count = MarkerPruneCount()
+        let topPath = root + "/" + top
+        for shard in listDirectory(topPath) ?? [] {
+            let shardPath = topPath + "/" + shard
+            for name in listDirectory(shardPath) ?? [] where Self.isValidKey(name) {
+                count.examined += 1
+                let path = shardPath + "/" + name
+                let fd = fs.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0)
+                guard fd >= 0 else { continue }
+                defer { _ = fs.close(fd) }
+                guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+                    count.busy += 1
+                    continue
+                }
+                if shouldPrune(fd, path: path, nowSeconds: nowSeconds, staleSeconds: staleSeconds) {
+                    if fs.unlink(path) == 0 { count.removed += 1 }
+                }
+            }
+        }
+        return count
+    }
+
+    private func shouldPrune(_ fd: Int32, path: String, nowSeconds: Int64, staleSeconds: Int64) -> Bool {
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        let fields = n > 0
+            ? buffer[0..<n].split(whereSeparator: { $0 == 32 || $0 == 10 }).map { String(decoding: $0, as: UTF8.self) } : []
+        let age = nowSeconds - (modificationTime(path) ?? nowSeconds)
+        if fields.count == 3, fields[0] == "C" || fields[0] == "H", let expires = Int64(fields[2]) {
+            return expires < nowSeconds
+        }
+        // Empty (a cleared attempt), P (a writer that died) or unreadable: keep a
+        // while, so a takeover can still find the writer's file.
+        return age > staleSeconds
     }
 }

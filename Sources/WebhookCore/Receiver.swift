@@ -261,7 +261,7 @@ public final class Receiver: Sendable {
         }
         defer { store.release(marker) }
         switch marker.state {
-        case .committed(let id, _):
+        case .committed(let id, _), .handled(let id, _):
             return accepted("duplicate", id: id, requestId: requestId)
         case .inProgress(let spoolPath):
             // A writer died holding this key. If its file made it into the spool,

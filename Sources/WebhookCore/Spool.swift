@@ -1,13 +1,25 @@
 // The spool: a directory tree whose file names are its state, in the manner of
 // maildir. Everything lives on one local file system under WEBHOOK_SPOOL_DIR.
 //
-//   state       where                        who puts it there        who takes it away
-//   writing     tmp/<id>                     webhook-fcgi (O_EXCL)    webhook-fcgi after link, or on
-//                                                                     failure; a stale one by prune
-//   waiting     new/<YYYYMMDDTHHMM>/<id>     webhook-fcgi (link)      webhook-worker (rename to cur/)
-//   claimed     cur/<id>                     webhook-worker           webhook-worker
-//   dead        failed/<id>                  webhook-worker           an operator (retry)
-//   dedupe      dedupe/ab/cd/<key>           webhook-fcgi             prune, past retention
+//   state        where                        put there by                 taken away by
+//   writing      tmp/<id>                     webhook-fcgi (O_EXCL)        webhook-fcgi after the link or on
+//                                                                          failure; prune when older than 1 h
+//   waiting      new/<YYYYMMDDTHHMM>/<id>     webhook-fcgi (link)          drain (rename to cur/)
+//   claimed      cur/<id> (+ <id>.pgid)       drain, before the handler    drain: success, retry or dead letter;
+//                                                                          the next drain if this one crashed
+//   retrying     defer/<id>                   drain, after a failure       drain, once due (rename to cur/)
+//   dead         failed/<id>                  drain, after the last try    `retry` (back to defer/, due now)
+//   skipped      skipped/<id>                 drain, when no route fits    `retry`, or prune past retention
+//   unreadable   quarantine/<id>              drain                        an operator; never deleted
+//   handled      done/<id> (only if kept)     drain, after success         prune, beyond the configured count
+//   attempt log  attempts/<id>                drain, one JSON line a try   drain on success; kept while dead
+//   dedupe       dedupe/ab/cd/<key>           webhook-fcgi; H by drain     prune, past retention
+//   run state    worker/                      drain (run lock, counters, last run)
+//
+// Timers are ordered so that no cleaner races a live writer: a request gives
+// up after its ack deadline (3 s by default); prune calls a tmp/ file stale only
+// after an hour. Only one drain runs at a time (flock on worker/drain.lock), so
+// anything in cur/ when a drain starts was left by a run that died.
 //
 // Commit protocol for one event (no 2xx is sent before the last step):
 //   1. open tmp/<id> O_CREAT|O_EXCL|O_CLOEXEC 0600, write the whole record, fsync, close;
@@ -28,7 +40,9 @@ public struct Spool: Sendable {
     let fs: FileOps
 
     /// The subdirectories every spool has.
-    public static let directories = ["tmp", "new", "cur", "failed", "dedupe"]
+    public static let directories = [
+        "tmp", "new", "cur", "defer", "failed", "skipped", "quarantine", "done", "attempts", "dedupe", "worker",
+    ]
 
     /// A spool rooted at `root`.
     public init(root: String, fs: FileOps = .system) {

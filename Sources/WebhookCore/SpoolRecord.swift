@@ -113,6 +113,9 @@ public struct SpoolRecord: Equatable, Sendable {
     public struct DecodeError: Error, Equatable, Sendable {
         /// What was wrong.
         public let reason: String
+
+        /// Creates an error saying what was wrong.
+        public init(reason: String) { self.reason = reason }
     }
 
     /// Parses a whole spool file.

@@ -1,0 +1,240 @@
+// webhook-worker: drains the spool into the operator's handlers (from cron or a
+// systemd timer) and answers the operator's questions about it.
+import Foundation
+import Glibc
+import WebhookClient
+import WebhookCore
+import WorkerCore
+
+let usage = """
+    Usage: webhook-worker COMMAND [--config FILE] [options]
+
+    Commands:
+      drain     hand waiting events to handlers, oldest first, then exit
+      status    counts per state, oldest waiting age, last run, failures in 24 h
+      failed    dead-lettered events with the reason of their last attempt
+      retry     ID... | --all   move dead-lettered (or skipped) events back to waiting
+      prune     remove dedupe markers past retention, stale tmp/ files, old skipped/ and done/ files
+
+    drain options:
+      --exec CMD           run CMD with /bin/sh -c, the raw body on stdin and WEBHOOK_ID, WEBHOOK_EVENT,
+                           WEBHOOK_ATTEMPT, WEBHOOK_RECEIVED_AT, WEBHOOK_ORGANIZATION_ID in its environment;
+                           exit 0 is success, anything else is retried (default WEBHOOK_EXEC)
+      --forward URL        POST the raw body with its original X-Webhook-Signature and X-Webhook-Id
+                           to an http:// URL; 2xx is success (default WEBHOOK_FORWARD)
+      --max-seconds N      stop claiming after N seconds (default 50, so a minutely cron never piles up)
+      --timeout DURATION   kill a handler's process group after this long (default 30s)
+      --attempts N         attempts before an event moves to failed/ (default 8)
+      --concurrency N      handlers at once; one entity's events never run at once (default 4)
+      --metrics-file FILE  write Prometheus text-format metrics after the run (node_exporter textfile)
+
+    Routes by event type come from the configuration, most specific first, e.g.
+      WEBHOOK_ROUTE_ORDERS=order.* exec /usr/local/bin/on-order
+      WEBHOOK_ROUTE_CANCEL=booking.cancelled forward http://127.0.0.1:9000/cancelled
+    An event no route (and no --exec/--forward) matches is moved to skipped/, not failed.
+
+    Retries: after attempt n the next waits 1m x 3^(n-1), at most 6h, spread by +-20%
+    (1m, 3m, 9m, 27m, 81m, 4h03m, 6h: about 12 h over 8 attempts). WEBHOOK_RETRY_BASE and
+    WEBHOOK_RETRY_MAX change the first delay and the cap.
+
+    Common options:
+      --config FILE        KEY=VALUE settings (systemd EnvironmentFile= format); WEBHOOK_SPOOL_DIR is required
+      --json               status, failed, retry, prune: machine-readable output
+      -h, --help           this text
+
+    Exit status: 0 done (also when another drain is running), 64 bad usage, 78 bad configuration,
+    73 spool cannot be created, 1 retry could not move every id.
+    """
+
+func fail(_ code: Int32, _ message: String) -> Never {
+    FileHandle.standardError.write(Data("webhook-worker: \(message)\n".utf8))
+    exit(code)
+}
+
+struct Options {
+    var command = ""
+    var configFile: String?
+    var json = false
+    var all = false
+    var ids: [String] = []
+    var exec: String?
+    var forward: String?
+    var maxSeconds: Int64?
+    var timeoutMs: Int64?
+    var attempts: Int?
+    var concurrency: Int?
+    var metricsFile: String?
+}
+
+func parse(_ args: [String]) -> Options {
+    var o = Options()
+    guard args.count >= 2 else { fail(64, "a command is required\n\(usage)") }
+    o.command = args[1]
+    if ["-h", "--help", "help"].contains(o.command) {
+        print(usage)
+        exit(0)
+    }
+    guard ["drain", "status", "failed", "retry", "prune"].contains(o.command) else {
+        fail(64, "unknown command \(o.command)\n\(usage)")
+    }
+    var i = 2
+    func value(_ flag: String) -> String {
+        i += 1
+        guard i < args.count else { fail(64, "\(flag) needs a value") }
+        return args[i]
+    }
+    func number(_ flag: String, _ range: ClosedRange<Int>) -> Int {
+        let v = value(flag)
+        guard let n = Int(v), range.contains(n) else { fail(64, "\(flag) \(v): expected \(range.lowerBound) to \(range.upperBound)") }
+        return n
+    }
+    while i < args.count {
+        let a = args[i]
+        switch a {
+        case "-h", "--help":
+            print(usage)
+            exit(0)
+        case "--config": o.configFile = value(a)
+        case "--json": o.json = true
+        case "--all": o.all = true
+        case "--exec": o.exec = value(a)
+        case "--forward": o.forward = value(a)
+        case "--max-seconds": o.maxSeconds = Int64(number(a, 1...86400))
+        case "--timeout":
+            let v = value(a)
+            guard let ms = DurationText.parseMilliseconds(v), ms >= 100 else { fail(64, "--timeout \(v): expected a duration such as 30s") }
+            o.timeoutMs = ms
+        case "--attempts": o.attempts = number(a, 1...100)
+        case "--concurrency": o.concurrency = number(a, 1...256)
+        case "--metrics-file": o.metricsFile = value(a)
+        default:
+            if o.command == "retry" && !a.hasPrefix("-") {
+                o.ids.append(a)
+            } else {
+                fail(64, "unknown argument \(a) for \(o.command)\n\(usage)")
+            }
+        }
+        i += 1
+    }
+    if o.command == "retry" && o.ids.isEmpty && !o.all { fail(64, "retry needs event ids or --all") }
+    return o
+}
+
+func printJSON(_ object: Any) {
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])) ?? Data("{}".utf8)
+    FileHandle.standardOutput.write(data + Data("\n".utf8))
+}
+
+func age(_ seconds: Int64) -> String {
+    if seconds < 120 { return "\(seconds) s" }
+    if seconds < 7200 { return "\(seconds / 60) min" }
+    if seconds < 172_800 { return "\(seconds / 3600) h" }
+    return "\(seconds / 86400) d"
+}
+
+let options = parse(CommandLine.arguments)
+let environment = ProcessInfo.processInfo.environment
+var config: WorkerConfig
+do {
+    let (loaded, warnings) = try WorkerConfig.load(environment: environment, configFile: options.configFile)
+    config = loaded
+    for w in warnings { FileHandle.standardError.write(Data("webhook-worker: warning: \(w)\n".utf8)) }
+} catch {
+    fail(78, error.description)
+}
+if let v = options.exec { config.defaultAction = .exec(v) }
+if let v = options.forward {
+    guard let u = HTTPURL(v) else { fail(64, "--forward \(v): expected http://host[:port]/path") }
+    config.defaultAction = .forward(u)
+}
+if let v = options.maxSeconds { config.maxSeconds = v }
+if let v = options.timeoutMs { config.timeoutMilliseconds = v }
+if let v = options.attempts { config.attempts = v }
+if let v = options.concurrency { config.concurrency = v }
+if let v = options.metricsFile { config.metricsFile = v }
+
+umask(0o077)
+do {
+    try Spool(root: config.spoolDir).createTree()
+} catch {
+    fail(73, "spool \(config.spoolDir): \(error)")
+}
+let now = WallClock.system.nowMicros() / 1_000_000
+
+switch options.command {
+case "drain":
+    if config.defaultAction == nil && config.routes.isEmpty {
+        fail(64, "drain needs --exec CMD, --forward URL or WEBHOOK_ROUTE_* routes")
+    }
+    let lock: RunLock?
+    do { lock = try RunLock.take(spoolDir: config.spoolDir) } catch { fail(73, "run lock: \(error)") }
+    guard let lock else {
+        print("webhook-worker: another drain is running on \(config.spoolDir); nothing to do")
+        exit(0)
+    }
+    let drain = Drain(config: config, logger: .stderr(program: "webhook-worker"), environment: environment)
+    _ = drain.run()
+    withExtendedLifetime(lock) {}
+    exit(0)
+
+case "status":
+    let s = SpoolStatus.read(spoolDir: config.spoolDir, nowSeconds: now)
+    if options.json {
+        printJSON(s.json)
+        exit(0)
+    }
+    print("spool \(config.spoolDir)")
+    let labels = ["new": "waiting (new)", "defer": "retrying (defer)", "cur": "claimed (cur)", "failed": "dead (failed)"]
+    for state in SpoolStatus.states {
+        var line = (labels[state] ?? state).padding(toLength: 18, withPad: " ", startingAt: 0) + String(s.counts[state] ?? 0)
+        if state == "defer" { line += " (\(s.deferredDue) due)" }
+        print("  " + line)
+    }
+    print("oldest waiting: " + (s.oldestWaitingSeconds.map(age) ?? "none"))
+    if let last = s.lastRun, let at = (last["finished_at"] as? NSNumber)?.int64Value {
+        let n = { (k: String) in (last[k] as? NSNumber)?.intValue ?? 0 }
+        print("last run: \(Timestamp.format(micros: at * 1_000_000)) (\(age(now - at)) ago): \(n("succeeded")) handled, "
+            + "\(n("retried")) to retry, \(n("dead_lettered")) dead-lettered, \(n("skipped")) skipped")
+    } else {
+        print("last run: never")
+    }
+    print("failed attempts in the last 24 h: \(s.failuresLast24h)")
+
+case "failed":
+    let list = FailedEvent.list(spoolDir: config.spoolDir)
+    if options.json {
+        printJSON(list.map(\.json))
+        exit(0)
+    }
+    if list.isEmpty { print("no dead-lettered events") }
+    for f in list {
+        let last = f.attempts.last
+        print("\(f.id)  \(f.event)  \(f.attempts.count) attempts, last: \(last?.reason ?? "?")"
+            + (last.map { " at " + Timestamp.format(micros: $0.at * 1_000_000) } ?? ""))
+        if let detail = last?.detail, !detail.isEmpty {
+            for line in detail.split(separator: "\n").suffix(3) { print("    \(line)") }
+        }
+    }
+
+case "retry":
+    let ids = options.all ? (listDirectory(config.spoolDir + "/failed") ?? []).sorted() : options.ids
+    let (moved, errors) = Admin.retry(spoolDir: config.spoolDir, ids: ids, nowSeconds: now)
+    if options.json {
+        printJSON(["moved": moved, "errors": errors.map(\.description)])
+    } else {
+        print("\(moved.count) event(s) back to waiting" + (moved.isEmpty ? "" : ": " + moved.joined(separator: " ")))
+        for e in errors { FileHandle.standardError.write(Data("webhook-worker: \(e)\n".utf8)) }
+    }
+    exit(errors.isEmpty ? 0 : 1)
+
+case "prune":
+    let counts = Admin.prune(config: config, nowSeconds: now)
+    if options.json {
+        printJSON(counts)
+    } else {
+        print(counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+    }
+
+default:
+    fail(64, usage)
+}
