@@ -30,8 +30,12 @@ let package = Package(
         .target(name: "WebhookTestSupport", dependencies: ["WebhookCore", "WebhookClient"], path: "Tests/Support"),
         .testTarget(
             name: "WebhookCoreTests",
-            dependencies: ["WebhookCore", "WorkerCore", "WebhookClient", "WebhookTestSupport"],
+            dependencies: ["WebhookCore", "WebhookTestSupport"],
             resources: [.copy("Fixtures")]
+        ),
+        .testTarget(
+            name: "WorkerTests",
+            dependencies: ["WorkerCore", "WebhookCore", "WebhookClient", "WebhookTestSupport", "webhook-worker", "webhook-fcgi"]
         ),
         .testTarget(
             name: "EndToEndTests",

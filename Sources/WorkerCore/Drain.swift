@@ -113,6 +113,28 @@ final class WorkQueue: @unchecked Sendable {
     }
 }
 
+/// Keys whose handler is running, across slots: two spool entries with one key
+/// but different entities (possible with WEBHOOK_DEDUPE_FIELDS) land in
+/// different slots, and the second must see the first's outcome, not race it.
+final class KeyGate: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var busy = Set<String>()
+
+    func enter(_ key: String) {
+        condition.lock()
+        while busy.contains(key) { condition.wait() }
+        busy.insert(key)
+        condition.unlock()
+    }
+
+    func leave(_ key: String) {
+        condition.lock()
+        busy.remove(key)
+        condition.broadcast()
+        condition.unlock()
+    }
+}
+
 /// A drain run over one spool.
 public final class Drain: @unchecked Sendable {
     let config: WorkerConfig
@@ -124,6 +146,8 @@ public final class Drain: @unchecked Sendable {
     let attemptLog: AttemptLog
     let files: WorkerFiles
     private let reportLock = NSLock()
+    private let keyGate = KeyGate()
+    private var watchdog: Watchdog?
     private var report = DrainReport()
 
     /// A run with `config`; `clock` and `random` are the seams tests move.
@@ -154,6 +178,12 @@ public final class Drain: @unchecked Sendable {
     public func run() -> DrainReport {
         let started = monotonicNanos()
         let claimDeadline = Deadline(millisecondsFromNow: Int(config.maxSeconds * 1000))
+        watchdog = Watchdog()
+        defer {
+            watchdog?.stop()
+            watchdog = nil
+        }
+        if watchdog == nil { logger.log("warn", "no watchdog: handlers' children may outlive a killed drain") }
         recoverClaims()
         var blocked = Set<String>()
         var due: [WorkItem] = []
@@ -315,6 +345,8 @@ public final class Drain: @unchecked Sendable {
             return
         }
         count { $0.claimed += 1 }
+        keyGate.enter(record.key)
+        defer { keyGate.leave(record.key) }
         if case .handled? = markerState(record.key) {
             unlink(path(claimed))
             attemptLog.remove(id)
@@ -335,9 +367,13 @@ public final class Drain: @unchecked Sendable {
         switch action {
         case .exec(let command):
             let pgidPath = path(claimed + ".pgid")
+            var group: Int32 = 0
             outcome = exec.run(command, input, timeoutMilliseconds: config.timeoutMilliseconds) { pgid in
+                group = pgid
+                watchdog?.watch(pgid)
                 writeAtomically(pgidPath, Data("\(pgid)\n".utf8))
             }
+            if group > 0 { watchdog?.release(group) }
             unlink(pgidPath)
         case .forward(let url):
             outcome = forward.run(url, input, timeoutMilliseconds: config.timeoutMilliseconds)

@@ -2,6 +2,7 @@
 // HTTP POST of the raw body. Either way the outcome is success or a failure
 // with what the operator needs to see in the attempt log.
 import CSystem
+import Foundation
 import Glibc
 public import WebhookClient
 public import WebhookCore
@@ -204,5 +205,44 @@ public final class ForwardRunner {
             connection.close()
             return .failure(kind: "transport", code: 0, detail: error.description)
         }
+    }
+}
+
+/// The watchdog of one drain run: a process that kills the handlers' process
+/// groups should this process die before they finish (SIGKILL included). The
+/// direct child of a handler also dies with its spawning thread (PDEATHSIG);
+/// the watchdog covers what that child started, which PDEATHSIG cannot reach.
+public final class Watchdog: @unchecked Sendable {
+    private let fd: Int32
+    private let pid: Int32
+    private let lock = NSLock()
+
+    /// Starts the watchdog; nil when it cannot be started.
+    public init?() {
+        var child: Int32 = 0
+        let fd = iw_start_watchdog(&child)
+        guard fd >= 0 else { return nil }
+        self.fd = fd
+        self.pid = child
+    }
+
+    private func send(_ line: String) {
+        let bytes = Array(line.utf8)
+        lock.lock()
+        defer { lock.unlock() }
+        _ = bytes.withUnsafeBytes { FileOps.system.writeAll(fd, $0) }
+    }
+
+    /// Announces a handler's process group.
+    public func watch(_ pgid: Int32) { send("+\(pgid)\n") }
+
+    /// Withdraws a finished handler's process group.
+    public func release(_ pgid: Int32) { send("-\(pgid)\n") }
+
+    /// Ends the watchdog at a normal exit (it kills nothing that was released).
+    public func stop() {
+        close(fd)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
     }
 }
