@@ -1,95 +1,238 @@
-// webhook-loadtest: drives signed deliveries at a receive endpoint.
-// `send` is the local twin of the sender's "test button": one signed delivery.
+// webhook-loadtest: signed load and single deliveries against a receive endpoint.
+import Foundation
 import Glibc
 import WebhookClient
 import WebhookCore
 
 let usage = """
-    Usage: webhook-loadtest send [--url URL] --secret-file FILE [--event TYPE | --body FILE] [--timeout DURATION]
+    Usage:
+      webhook-loadtest run  --url URL --secret-file FILE [options]
+      webhook-loadtest send --url URL --secret-file FILE [--event TYPE | --body FILE] [--retry-schedule]
 
-    send    POST one signed delivery, as Installer.com would, and print the
-            status, the acknowledgement latency and the answer.
+    run     Signed load with acknowledgement latency measured against the sender's budget.
+      --rate R             open loop: R requests/s in total, each on a fixed schedule, latency
+                           measured from its scheduled time (a stall cannot hide); without --rate,
+                           closed loop: each connection sends again as soon as it is answered
+      --connections C      keep-alive connections, one thread each (default 32)
+      --duration D         measured time (default 10s); durations read 5s, 500ms, 2m, or seconds
+      --warmup D           sent but not measured, before the measured time (default 0)
+      --duplicates F       share of requests that re-send an earlier event byte for byte (0..1)
+      --mix T1,T2,...      event types to draw from (default all twelve of the reference)
+      --budget D           the sender's budget (default 5s)
+      --timeout D          a request with no answer after this long is a timeout (default 2 x budget)
+      --json FILE          write the figures and the histogram as JSON
+      --plot FILE          write an SVG: percentile curve and latency over time
+      --verify-spool DIR   afterwards, check the spool holds every accepted event once and nothing foreign
+      --find-capacity      step the rate up (from --rate, default 50/s, x1.5 per step of --duration)
+                           until p99 passes --target or errors appear; report the highest rate that held
+      --target D           p99 target for --find-capacity (default 1s)
 
-    Options:
-      --url URL            endpoint (default http://127.0.0.1:8080/webhooks/installer)
-      --secret-file FILE   secrets, one per line; the first signs (default $WEBHOOK_SECRET_FILE)
-      --event TYPE         a fresh sample event of TYPE (default order.created); one of:
+    send    One signed delivery, as Installer.com sends it (the local "test button").
+      --event TYPE         a fresh sample of TYPE (default order.created); one of:
                            \(EventSamples.types.joined(separator: " "))
-      --body FILE          send FILE's bytes exactly instead of a sample
-      --timeout DURATION   give up after this long (default 10s; 500ms, 5s, 2m)
-      -h, --help           this text
+      --body FILE          send FILE's bytes exactly instead
+      --retry-schedule     on a non-2xx or no answer, retry as the sender does (after 1m, 5m, 30m,
+                           2h, 12h) and report which attempt succeeded
+      --time-scale S       multiply the retry delays by S (e.g. 0.001: 1 min becomes 60 ms)
+      --timeout D          per attempt (default 10s)
 
-    Exit status: 0 when the answer is 2xx, 1 otherwise or on a transport error, 2 on bad usage.
+    Common: --url URL (default http://127.0.0.1:8080/webhooks/installer), --secret-file FILE
+    (default $WEBHOOK_SECRET_FILE; the first secret signs), -h/--help.
+
+    Exit status: 0 when every request got a 2xx within the budget (send: a 2xx), 1 otherwise,
+    2 on bad usage.
     """
 
-func die(_ code: Int32, _ message: String) -> Never {
-    let line = "webhook-loadtest: \(message)\n"
-    _ = line.withCString { write(2, $0, strlen($0)) }
-    exit(code)
+func die(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("webhook-loadtest: \(message)\n".utf8))
+    exit(2)
 }
 
-func runSend(_ args: ArraySlice<String>) -> Int32 {
-    var urlText = "http://127.0.0.1:8080/webhooks/installer"
-    var secretFile = getenv("WEBHOOK_SECRET_FILE").map { String(cString: $0) }
-    var event = "order.created"
-    var bodyFile: String? = nil
-    var timeoutMs: Int64 = 10_000
-    var i = args.startIndex
-    func value(_ flag: String) -> String {
-        i += 1
-        guard i < args.endIndex else { die(2, "\(flag) needs a value") }
-        return args[i]
-    }
-    while i < args.endIndex {
-        let arg = args[i]
-        switch arg {
-        case "-h", "--help":
-            print(usage)
-            exit(0)
-        case "--url": urlText = value(arg)
-        case "--secret-file": secretFile = value(arg)
-        case "--event": event = value(arg)
-        case "--body": bodyFile = value(arg)
-        case "--timeout":
-            let v = value(arg)
-            guard let ms = DurationText.parseMilliseconds(v), ms > 0 else { die(2, "--timeout \(v): expected a duration such as 5s") }
-            timeoutMs = ms
-        default: die(2, "unknown argument \(arg)\n\(usage)")
+struct Arguments {
+    var values: [String: String] = [:]
+    var flags: Set<String> = []
+
+    init(_ args: ArraySlice<String>, valued: Set<String>, flags allowed: Set<String>) {
+        var i = args.startIndex
+        while i < args.endIndex {
+            let a = args[i]
+            if a == "-h" || a == "--help" {
+                print(usage)
+                exit(0)
+            }
+            if valued.contains(a) {
+                i += 1
+                guard i < args.endIndex else { die("\(a) needs a value") }
+                values[a] = args[i]
+            } else if allowed.contains(a) {
+                flags.insert(a)
+            } else {
+                die("unknown argument \(a)\n\(usage)")
+            }
+            i += 1
         }
-        i += 1
     }
-    guard let url = HTTPURL(urlText) else { die(2, "--url \(urlText): expected http://host[:port]/path") }
-    guard let secretFile else { die(2, "--secret-file is required (or set WEBHOOK_SECRET_FILE)") }
-    let secrets: [[UInt8]]
-    do { secrets = try ReceiverConfig.loadSecrets(from: secretFile) } catch { die(2, error.description) }
-    let body: [UInt8]
-    if let bodyFile {
-        do { body = try readWholeFile(bodyFile, limit: 64 << 20) } catch { die(2, "--body \(bodyFile): \(error)") }
+
+    func duration(_ flag: String, default d: Int64) -> Int64 {
+        guard let v = values[flag] else { return d }
+        guard let ms = DurationText.parseMilliseconds(v), ms > 0 else { die("\(flag) \(v): expected a duration such as 5s, 500ms or 2m") }
+        return ms
+    }
+
+    func number(_ flag: String) -> Double? {
+        guard let v = values[flag] else { return nil }
+        guard let n = Double(v), n.isFinite, n >= 0 else { die("\(flag) \(v): expected a number") }
+        return n
+    }
+
+    func endpoint() -> (HTTPURL, [[UInt8]]) {
+        let text = values["--url"] ?? "http://127.0.0.1:8080/webhooks/installer"
+        guard let url = HTTPURL(text) else { die("--url \(text): expected http://host[:port]/path") }
+        guard let file = values["--secret-file"] ?? ProcessInfo.processInfo.environment["WEBHOOK_SECRET_FILE"] else {
+            die("--secret-file is required (or set WEBHOOK_SECRET_FILE)")
+        }
+        do { return (url, try ReceiverConfig.loadSecrets(from: file)) } catch { die(error.description) }
+    }
+}
+
+func write(_ path: String, _ data: Data) {
+    guard FileManager.default.createFile(atPath: path, contents: data) else { die("cannot write \(path)") }
+}
+
+func runLoad(_ args: ArraySlice<String>) -> Int32 {
+    let a = Arguments(
+        args,
+        valued: ["--url", "--secret-file", "--rate", "--connections", "--duration", "--warmup", "--duplicates", "--mix",
+            "--budget", "--timeout", "--json", "--plot", "--verify-spool", "--target"],
+        flags: ["--find-capacity"])
+    let (url, secrets) = a.endpoint()
+    var o = LoadOptions(url: url, secrets: secrets)
+    o.rate = a.number("--rate")
+    if let r = o.rate, r <= 0 { die("--rate must be above 0") }
+    if let c = a.number("--connections") {
+        guard c >= 1, c <= 4096, c == c.rounded() else { die("--connections: expected 1 to 4096") }
+        o.connections = Int(c)
+    }
+    o.durationMilliseconds = a.duration("--duration", default: 10_000)
+    o.warmupMilliseconds = a.values["--warmup"] == nil ? 0 : a.duration("--warmup", default: 0)
+    if let d = a.number("--duplicates") {
+        guard d <= 1 else { die("--duplicates: expected a fraction from 0 to 1") }
+        o.duplicates = d
+    }
+    if let m = a.values["--mix"] {
+        o.mix = m.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty }
+        guard !o.mix.isEmpty else { die("--mix: expected event types, e.g. order.created,booking.updated") }
+    }
+    o.budgetMilliseconds = a.duration("--budget", default: 5000)
+    o.timeoutMilliseconds = a.duration("--timeout", default: 2 * o.budgetMilliseconds)
+
+    if a.flags.contains("--find-capacity") {
+        return findCapacity(o, target: a.duration("--target", default: 1000), json: a.values["--json"])
+    }
+    let result = LoadGenerator.run(o)
+    print(LoadReport.text(result, options: o), terminator: "")
+    var extra: [String: Any] = [:]
+    var spoolClean = true
+    if let dir = a.values["--verify-spool"] {
+        let v = SpoolVerification.check(spoolDir: dir, accepted: result.acceptedEvents, sent: result.sentEvents)
+        print("spool      \(v.found) events: \(v.lost) lost, \(v.doubled) doubled, \(v.foreign) foreign, \(v.unreadable) unreadable"
+            + " (\(result.acceptedEvents.count) accepted)")
+        extra["spool"] = ["found": v.found, "lost": v.lost, "doubled": v.doubled, "foreign": v.foreign, "unreadable": v.unreadable]
+        spoolClean = v.clean
+    }
+    if let path = a.values["--json"] {
+        let object = LoadReport.json(result, options: o, extra: extra)
+        write(path, (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])) ?? Data())
+    }
+    if let path = a.values["--plot"] {
+        write(path, Data(LoadReport.svg(result, options: o, title: "webhook-loadtest: \(url.hostHeader)\(url.path)").utf8))
+    }
+    return result.allWithinBudget && spoolClean ? 0 : 1
+}
+
+func findCapacity(_ base: LoadOptions, target: Int64, json: String?) -> Int32 {
+    var rate = base.rate ?? 50
+    var best: Double? = nil
+    var steps: [[String: Any]] = []
+    print("finding capacity: p99 target \(JSONText.number(Double(target) / 1000)) s, \(base.connections) connections, "
+        + "\(JSONText.number(Double(base.durationMilliseconds) / 1000)) s per step")
+    for _ in 0..<25 {
+        var o = base
+        o.rate = rate
+        let r = LoadGenerator.run(o)
+        let p99 = r.histogram.value(atQuantile: 0.99)
+        let errors = r.timeouts + r.transportErrors + r.statuses.filter { !(200..<300).contains($0.key) }.values.reduce(0, +)
+        let held = errors == 0 && p99 <= UInt64(target) * 1000 && r.sent > 0
+            && r.throughput >= 0.95 * rate
+        print("  \(JSONText.number(rate))/s: \(JSONText.number(r.throughput)) answers/s, p99 \(JSONText.number(Double(p99) / 1000)) ms, "
+            + "\(errors) errors -> \(held ? "held" : "did not hold")")
+        steps.append(["rate": rate, "throughput": r.throughput, "p99_ms": Double(p99) / 1000, "errors": errors, "held": held])
+        if !held { break }
+        best = rate
+        rate *= 1.5
+    }
+    if let best {
+        print("capacity: \(JSONText.number(best)) events/s held inside a p99 of \(JSONText.number(Double(target) / 1000)) s")
     } else {
-        body = EventSamples.payload(type: event)
+        print("capacity: not even the first step held")
     }
+    if let json {
+        let object: [String: Any] = ["capacity_per_second": best ?? NSNull(), "target_p99_ms": target, "steps": steps]
+        write(json, (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])) ?? Data())
+    }
+    return best == nil ? 1 : 0
+}
+
+/// The sender's documented retry delays, in minutes after the previous attempt.
+let senderRetryMinutes: [Double] = [1, 5, 30, 120, 720]
+
+func runSend(_ args: ArraySlice<String>) -> Int32 {
+    let a = Arguments(
+        args, valued: ["--url", "--secret-file", "--event", "--body", "--timeout", "--time-scale"], flags: ["--retry-schedule"])
+    let (url, secrets) = a.endpoint()
+    let body: [UInt8]
+    if let file = a.values["--body"] {
+        do { body = try readWholeFile(file, limit: 64 << 20) } catch { die("--body \(file): \(error)") }
+    } else {
+        body = EventSamples.payload(type: a.values["--event"] ?? "order.created")
+    }
+    let timeout = Int(a.duration("--timeout", default: 10_000))
+    let scale = a.number("--time-scale") ?? 1
     let deliverer = Deliverer(url: url, secrets: secrets)
     let connection = HTTPConnection(url: url)
-    let started = monotonicNanos()
-    do {
-        let response = try deliverer.send(body, on: connection, timeoutMilliseconds: Int(timeoutMs))
-        let ms = Double(monotonicNanos() - started) / 1e6
-        print("status \(response.status), \(JSONText.number(ms)) ms, \(body.count) bytes sent")
-        print(response.text.hasSuffix("\n") ? String(response.text.dropLast()) : response.text)
-        return (200..<300).contains(response.status) ? 0 : 1
-    } catch {
-        let ms = Double(monotonicNanos() - started) / 1e6
-        print("no answer after \(JSONText.number(ms)) ms: \(error)")
-        return 1
+    let attempts = a.flags.contains("--retry-schedule") ? senderRetryMinutes.count + 1 : 1
+    for attempt in 1...attempts {
+        if attempt > 1 {
+            let delayMs = senderRetryMinutes[attempt - 2] * 60_000 * scale
+            print("waiting \(JSONText.number(delayMs / 1000)) s before attempt \(attempt)")
+            LoadGenerator.sleep(until: monotonicNanos() + UInt64(delayMs * 1_000_000))
+        }
+        let started = monotonicNanos()
+        let prefix = attempts > 1 ? "attempt \(attempt): " : ""
+        do {
+            let response = try deliverer.send(body, on: connection, timeoutMilliseconds: timeout)
+            let ms = Double(monotonicNanos() - started) / 1e6
+            print(prefix + "status \(response.status), \(JSONText.number(ms)) ms, \(body.count) bytes sent")
+            print(response.text.hasSuffix("\n") ? String(response.text.dropLast()) : response.text)
+            if (200..<300).contains(response.status) {
+                if attempts > 1 { print("delivered on attempt \(attempt) of \(attempts)") }
+                return 0
+            }
+        } catch {
+            print(prefix + "no answer after \(JSONText.number(Double(monotonicNanos() - started) / 1e6)) ms: \(error)")
+        }
     }
+    if attempts > 1 { print("not delivered after \(attempts) attempts: the sender would mark it failed") }
+    return 1
 }
 
 let arguments = CommandLine.arguments
-guard arguments.count >= 2 else { die(2, "a command is required\n\(usage)") }
+guard arguments.count >= 2 else { die("a command is required\n\(usage)") }
 switch arguments[1] {
+case "run": exit(runLoad(arguments.dropFirst(2)))
 case "send": exit(runSend(arguments.dropFirst(2)))
 case "-h", "--help", "help":
     print(usage)
     exit(0)
-default: die(2, "unknown command \(arguments[1])\n\(usage)")
+default: die("unknown command \(arguments[1])\n\(usage)")
 }
