@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "WebhookTestSupport", dependencies: ["WebhookCore", "WebhookClient"], path: "Tests/Support"),
         .testTarget(
             name: "WebhookCoreTests",
-            dependencies: ["WebhookCore", "WebhookTestSupport"],
+            dependencies: ["WebhookCore", "WebhookClient", "WebhookTestSupport"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(

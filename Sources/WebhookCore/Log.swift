@@ -91,13 +91,16 @@ public enum JSONText {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// A finite number with at most three decimals, or 0.
+    /// A finite number with at most three decimals (no trailing zeros), or 0.
     public static func number(_ d: Double) -> String {
         guard d.isFinite else { return "0" }
         let scaled = (d * 1000).rounded()
         let whole = Int64(scaled / 1000)
         let frac = Int64(abs(scaled)) % 1000
         let sign = scaled < 0 && whole == 0 ? "-" : ""
-        return frac == 0 ? sign + String(whole) : sign + String(whole) + "." + Timestamp.pad(Int(frac), 3)
+        guard frac != 0 else { return sign + String(whole) }
+        var digits = Timestamp.pad(Int(frac), 3)
+        while digits.hasSuffix("0") { digits.removeLast() }
+        return sign + String(whole) + "." + digits
     }
 }

@@ -23,6 +23,10 @@ public final class TinyHTTPServer: @unchecked Sendable {
     private var received: [ReceivedRequest] = []
     private var statusToSend: Int
     private var stopped = false
+    private var delayMicros: UInt32 = 0
+    private var stallAfter: Int? = nil
+    private var stallMicros: UInt64 = 0
+    private var stallUntil: Date? = nil
 
     /// Starts answering every request with `status`.
     public init(status: Int = 200) throws {
@@ -50,6 +54,18 @@ public final class TinyHTTPServer: @unchecked Sendable {
 
     /// Changes the status later requests get.
     public func answer(_ status: Int) { lock.withLock { statusToSend = status } }
+
+    /// Delays every answer by `milliseconds`.
+    public func delay(milliseconds: Int) { lock.withLock { delayMicros = UInt32(milliseconds * 1000) } }
+
+    /// Once `requests` requests have arrived, holds every answer (on every
+    /// connection) until `milliseconds` have passed: the whole server stalls.
+    public func stall(afterRequests requests: Int, milliseconds: Int) {
+        lock.withLock {
+            stallAfter = requests
+            stallMicros = UInt64(milliseconds) * 1000
+        }
+    }
 
     /// Requests so far.
     public var requests: [ReceivedRequest] { lock.withLock { received } }
@@ -101,12 +117,17 @@ public final class TinyHTTPServer: @unchecked Sendable {
             while buffer.count < length { if !fill() { return } }
             let body = Array(buffer[0..<length])
             buffer.removeFirst(length)
-            let status = lock.withLock { () -> Int in
+            let (status, delay, holdUntil) = lock.withLock { () -> (Int, UInt32, Date?) in
                 received.append(ReceivedRequest(
                     method: String(requestLine.first ?? ""), path: String(requestLine.dropFirst().first ?? ""),
                     headers: headers, body: body))
-                return statusToSend
+                if let after = stallAfter, received.count >= after, stallUntil == nil {
+                    stallUntil = Date().addingTimeInterval(Double(stallMicros) / 1e6)
+                }
+                return (statusToSend, delayMicros, stallUntil)
             }
+            if let holdUntil, holdUntil > Date() { usleep(UInt32(holdUntil.timeIntervalSinceNow * 1e6)) }
+            if delay > 0 { usleep(delay) }
             let reply = Array("HTTP/1.1 \(status) X\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok".utf8)
             _ = reply.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         }

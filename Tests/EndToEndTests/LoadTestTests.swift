@@ -1,0 +1,132 @@
+// webhook-loadtest against servers that misbehave on purpose, and against the
+// real stack with the spool checked afterwards.
+import Foundation
+import Glibc
+import Testing
+import WebhookClient
+import WebhookCore
+import WebhookTestSupport
+
+func loadtest(_ arguments: [String]) throws -> (status: Int32, out: String) {
+    let r = try run(Paths.binary("webhook-loadtest"), arguments, environment: [:])
+    return (r.status, String(decoding: r.stdout, as: UTF8.self) + String(decoding: r.stderr, as: UTF8.self))
+}
+
+@Suite struct LoadTestTests {
+    @Test func openLoopLatencyShowsAServerStall() throws {
+        let server = try TinyHTTPServer(status: 200)
+        defer { server.stop() }
+        server.stall(afterRequests: 80, milliseconds: 2000)
+        var o = LoadOptions(url: HTTPURL(server.url())!, secrets: [Array("s".utf8)])
+        o.rate = 100
+        o.connections = 4
+        o.durationMilliseconds = 4000
+        let r = LoadGenerator.run(o)
+        // About half the requests were scheduled inside the stall and waited for it.
+        #expect(r.histogram.max >= 1_800_000, "max \(r.histogram.max) µs")
+        #expect(r.histogram.value(atQuantile: 0.7) >= 400_000, "p70 \(r.histogram.value(atQuantile: 0.7)) µs")
+        #expect(r.sent >= 390)
+        #expect(r.allWithinBudget)
+    }
+
+    @Test func closedLoopWouldHideTheSameStall() throws {
+        let server = try TinyHTTPServer(status: 200)
+        defer { server.stop() }
+        server.stall(afterRequests: 80, milliseconds: 2000)
+        var o = LoadOptions(url: HTTPURL(server.url())!, secrets: [Array("s".utf8)])
+        o.connections = 4
+        o.durationMilliseconds = 4000
+        let r = LoadGenerator.run(o)
+        // The same stall, but only the few requests in flight at the time record it.
+        #expect(r.histogram.max >= 1_800_000)
+        #expect(r.histogram.value(atQuantile: 0.7) < 400_000)
+    }
+
+    @Test func verdictAndExitStatusFollowTheAnswers() throws {
+        let dir = TempDirectory("lt")
+        defer { dir.remove() }
+        writeFile(dir.at("secret"), "s\n")
+        let server = try TinyHTTPServer(status: 200)
+        defer { server.stop() }
+        let common = ["run", "--url", server.url(), "--secret-file", dir.at("secret"), "--rate", "20", "--duration", "1s",
+            "--connections", "2", "--budget", "300ms"]
+        let ok = try loadtest(common + ["--json", dir.at("ok.json"), "--plot", dir.at("ok.svg")])
+        #expect(ok.status == 0, "\(ok.out)")
+        #expect(ok.out.contains("PASS: all 20 requests answered 2xx within the 0.3 s budget"))
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir.at("ok.json")))) as? [String: Any]
+        #expect(json?["pass"] as? Bool == true)
+        #expect((json?["histogram_us"] as? [[Int]])?.reduce(0) { $0 + $1[2] } == 20)
+        let svg = try String(contentsOfFile: dir.at("ok.svg"), encoding: .utf8)
+        #expect(svg.hasPrefix("<svg") && svg.hasSuffix("</svg>\n") && svg.contains("<polyline"))
+
+        server.answer(500)
+        let failing = try loadtest(common)
+        #expect(failing.status == 1)
+        #expect(failing.out.contains("FAIL: 20 non-2xx answers"))
+
+        server.answer(200)
+        server.delay(milliseconds: 400)
+        let slow = try loadtest(common)
+        #expect(slow.status == 1)
+        #expect(slow.out.contains("answered after the 0.3 s budget"))
+
+        let usage = try loadtest(["run", "--url", server.url(), "--secret-file", dir.at("secret"), "--rate", "fast"])
+        #expect(usage.status == 2)
+    }
+
+    @Test func verifySpoolFindsLostDoubledAndForeignEvents() throws {
+        let stack = try ReceiverStack()
+        defer { stack.stop() }
+        var o = LoadOptions(url: HTTPURL(stack.url)!, secrets: stack.secrets.map { Array($0.utf8) })
+        o.rate = 100
+        o.connections = 4
+        o.durationMilliseconds = 1000
+        o.duplicates = 0.2
+        let r = LoadGenerator.run(o)
+        #expect(r.allWithinBudget, "\(LoadReport.text(r, options: o))")
+        #expect(r.duplicatesSent > 0)
+        #expect(r.duplicatesAnsweredDuplicate == r.duplicatesSent)
+        let clean = SpoolVerification.check(spoolDir: stack.spoolDir, accepted: r.acceptedEvents, sent: r.sentEvents)
+        #expect(clean.clean, "\(clean)")
+        #expect(clean.found == r.acceptedEvents.count)
+
+        let files = stack.waitingFiles
+        try #require(files.count >= 3)
+        let new = stack.spoolDir + "/new/"
+        unlink(new + files[0])
+        let copy = files[1].split(separator: "/").dropLast().joined(separator: "/") + "/9999999999999999-copy000000"
+        link(new + files[1], new + copy)
+        let stranger = SpoolRecord(
+            id: "9999999999999999-stranger00", key: String(repeating: "e", count: 64), event: "order.created",
+            receivedAtMicros: 1, remoteAddr: "", requestId: "", organizationId: nil, entityId: nil, timestamp: nil,
+            headers: [], body: Array("{\"event\":\"order.created\",\"not\":\"sent\"}".utf8))
+        try Data(stranger.encodedHeader() + stranger.body).write(to: URL(fileURLWithPath: stack.spoolDir + "/failed/" + stranger.id))
+        let damaged = SpoolVerification.check(spoolDir: stack.spoolDir, accepted: r.acceptedEvents, sent: r.sentEvents)
+        #expect(damaged.lost == 1)
+        #expect(damaged.doubled == 1)
+        #expect(damaged.foreign == 1)
+        #expect(!damaged.clean)
+    }
+
+    @Test func retryScheduleReportsTheAttemptThatSucceeded() throws {
+        let dir = TempDirectory("lt")
+        defer { dir.remove() }
+        writeFile(dir.at("secret"), "s\n")
+        let server = try TinyHTTPServer(status: 503)
+        defer { server.stop() }
+        // 1 m, 5 m, 30 m… scaled down to 6 ms, 30 ms, 180 ms: the endpoint recovers in between.
+        let recover = Thread {
+            _ = waitUntil { server.requests.count >= 3 }
+            server.answer(200)
+        }
+        recover.start()
+        let r = try loadtest(["send", "--url", server.url(), "--secret-file", dir.at("secret"), "--retry-schedule", "--time-scale", "0.0001"])
+        #expect(r.status == 0, "\(r.out)")
+        let attempts = server.requests.count
+        #expect(attempts >= 3)
+        #expect(r.out.contains("delivered on attempt \(attempts) of 6"))
+        // Every attempt is the same delivery, byte for byte.
+        #expect(Set(server.requests.map(\.body)).count == 1)
+        #expect(Set(server.requests.compactMap { $0.headers["x-webhook-signature"] }).count == 1)
+    }
+}
