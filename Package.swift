@@ -21,7 +21,7 @@ let package = Package(
             providers: [.apt(["libssl-dev"])]
         ),
         .systemLibrary(name: "CSystem"),
-        .target(name: "WebhookCore", dependencies: ["COpenSSL"]),
+        .target(name: "WebhookCore", dependencies: ["COpenSSL", "CSystem"]),
         .target(name: "WorkerCore", dependencies: ["WebhookCore", "WebhookClient", "CSystem"]),
         .target(name: "WebhookClient", dependencies: ["WebhookCore"]),
         .executableTarget(name: "webhook-fcgi", dependencies: ["WebhookCore", "CFastCGI"]),

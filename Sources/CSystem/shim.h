@@ -39,6 +39,12 @@ static inline pid_t iw_spawn(const char *path, char *const argv[], char *const e
     _exit(127);
 }
 
+// syncfs(2): flushes the whole file system holding `fd`; since Linux 5.8 it
+// reports writeback errors that happened since the last call on `fd`.
+static inline int iw_syncfs(int fd) {
+    return (int)syscall(SYS_syncfs, fd);
+}
+
 // pidfd_open(2): a descriptor that becomes readable when `pid` exits.
 static inline int iw_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);

@@ -15,6 +15,8 @@ public struct ConfigError: Error, Equatable, Sendable, CustomStringConvertible {
 
 /// How the spool write is made durable.
 public enum Durability: String, Sendable, CaseIterable {
+    /// Concurrent requests share one flush (group commit): the default.
+    case group
     /// One fsync of the file and one of its directory per request.
     case request
     /// No fsync at all: for measuring only, refused unless WEBHOOK_UNSAFE=1.
@@ -44,7 +46,7 @@ public struct ReceiverConfig: Sendable {
     /// Requests served at once in FastCGI mode.
     public var threads: Int = 16
     /// How the spool write is made durable.
-    public var durability: Durability = .request
+    public var durability: Durability = .group
 
     /// Creates a configuration with defaults.
     public init(secretFile: String, spoolDir: String) {

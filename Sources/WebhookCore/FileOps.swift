@@ -1,6 +1,7 @@
 // The seam for every file-system call the commit protocol makes. Production uses
 // ``FileOps/system``; tests wrap it to fail the Nth call of a kind with ENOSPC or
 // EIO and check that the failure is answered 5xx and leaves nothing half-done.
+import CSystem
 import Glibc
 
 /// A failed system call: which call, on what, and errno.
@@ -27,7 +28,7 @@ public struct SystemError: Error, Equatable, Sendable, CustomStringConvertible {
 
 /// The kinds of call a fault can be injected into.
 public enum FileCall: String, Sendable, CaseIterable {
-    case open, write, fsync, close, link, rename, unlink, mkdir
+    case open, write, fsync, syncfs, close, link, rename, unlink, mkdir
 }
 
 /// File-system calls used by the spool and the lock store. Each returns the
@@ -39,6 +40,8 @@ public struct FileOps: Sendable {
     public var write: @Sendable (_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int
     /// fsync(2).
     public var fsync: @Sendable (_ fd: Int32) -> Int32
+    /// syncfs(2).
+    public var syncfs: @Sendable (_ fd: Int32) -> Int32
     /// close(2).
     public var close: @Sendable (_ fd: Int32) -> Int32
     /// link(2).
@@ -55,6 +58,7 @@ public struct FileOps: Sendable {
         open: @escaping @Sendable (_ path: String, _ flags: Int32, _ mode: UInt32) -> Int32,
         write: @escaping @Sendable (_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int,
         fsync: @escaping @Sendable (_ fd: Int32) -> Int32,
+        syncfs: (@Sendable (_ fd: Int32) -> Int32)? = nil,
         close: @escaping @Sendable (_ fd: Int32) -> Int32,
         link: @escaping @Sendable (_ from: String, _ to: String) -> Int32,
         rename: @escaping @Sendable (_ from: String, _ to: String) -> Int32,
@@ -64,6 +68,7 @@ public struct FileOps: Sendable {
         self.open = open
         self.write = write
         self.fsync = fsync
+        self.syncfs = syncfs ?? { fd in iw_syncfs(fd) }
         self.close = close
         self.link = link
         self.rename = rename
@@ -76,6 +81,7 @@ public struct FileOps: Sendable {
         open: { path, flags, mode in Glibc.open(path, flags, mode) },
         write: { fd, buffer, count in Glibc.write(fd, buffer, count) },
         fsync: { fd in Glibc.fsync(fd) },
+        syncfs: { fd in iw_syncfs(fd) },
         close: { fd in Glibc.close(fd) },
         link: { from, to in Glibc.link(from, to) },
         rename: { from, to in Glibc.rename(from, to) },

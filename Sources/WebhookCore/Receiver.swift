@@ -292,8 +292,8 @@ public final class Receiver: Sendable {
             timestamp: payload.timestamp, headers: headers, body: body)
         do {
             try store.markInProgress(marker, spoolPath: waiting, nowSeconds: nowMicros / 1_000_000)
-            let staged = try spool.stage(record, durable: config.durability != .off)
-            try spool.publish(staged: staged, as: waiting, durable: config.durability != .off)
+            let staged = try spool.stage(record)
+            try spool.publish(staged: staged, as: waiting)
             try store.markCommitted(marker, id: id, expiresAt: expiresAt)
         } catch {
             store.clear(marker)

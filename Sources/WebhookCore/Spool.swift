@@ -38,17 +38,33 @@ public struct Spool: Sendable {
     /// The spool's root directory.
     public let root: String
     let fs: FileOps
+    let flusher: any SpoolFlusher
 
     /// The subdirectories every spool has.
     public static let directories = [
         "tmp", "new", "cur", "defer", "failed", "skipped", "quarantine", "done", "attempts", "dedupe", "worker",
     ]
 
-    /// A spool rooted at `root`.
+    /// A spool rooted at `root`, flushing once per request.
     public init(root: String, fs: FileOps = .system) {
         self.root = root
         self.fs = fs
+        self.flusher = RequestFlusher(fs: fs)
     }
+
+    /// A spool rooted at `root` (which must exist) made durable as `durability` says.
+    public init(root: String, fs: FileOps = .system, durability: Durability) throws(SystemError) {
+        self.root = root
+        self.fs = fs
+        switch durability {
+        case .request: flusher = RequestFlusher(fs: fs)
+        case .group: flusher = try GroupFlusher(root: root, fs: fs)
+        case .off: flusher = NoFlusher()
+        }
+    }
+
+    /// The group flusher, when this spool uses group commit.
+    public var groupFlusher: GroupFlusher? { flusher as? GroupFlusher }
 
     /// The lock store inside this spool.
     public var lockStore: LockStore { LockStore(root: root + "/dedupe", fs: fs) }
@@ -77,7 +93,7 @@ public struct Spool: Sendable {
     }
 
     /// Writes `record` to `tmp/` and makes its data durable (step 1).
-    public func stage(_ record: SpoolRecord, durable: Bool = true) throws(SystemError) -> String {
+    public func stage(_ record: SpoolRecord) throws(SystemError) -> String {
         let tmp = "tmp/" + record.id
         let path = root + "/" + tmp
         let fd = fs.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
@@ -86,8 +102,8 @@ public struct Spool: Sendable {
         var failure: SystemError? = nil
         if !header.withUnsafeBytes({ fs.writeAll(fd, $0) }) || !record.body.withUnsafeBytes({ fs.writeAll(fd, $0) }) {
             failure = SystemError("write", tmp, errno)
-        } else if durable && fs.fsync(fd) != 0 {
-            failure = SystemError("fsync", tmp, errno)
+        } else {
+            do throws(SystemError) { try flusher.flushData(fd: fd, path: tmp) } catch { failure = error }
         }
         if fs.close(fd) != 0 && failure == nil {
             failure = SystemError("close", tmp, errno)
@@ -101,7 +117,7 @@ public struct Spool: Sendable {
 
     /// Links a staged file into `new/` and makes the entry durable (steps 2 and 3).
     /// On failure nothing of the attempt is left in `tmp/` or `new/`.
-    public func publish(staged tmp: String, as waiting: String, durable: Bool = true) throws(SystemError) {
+    public func publish(staged tmp: String, as waiting: String) throws(SystemError) {
         let tmpPath = root + "/" + tmp
         let target = root + "/" + waiting
         let bucket = String(target[..<(target.lastIndex(of: "/") ?? target.endIndex)])
@@ -119,17 +135,11 @@ public struct Spool: Sendable {
                     throw SystemError("mkdir", relative(bucket), errno)
                 }
             }
-            if madeBucket && durable {
-                let code = fs.syncDirectory(root + "/new")
-                if code != 0 {
-                    _ = fs.unlink(target)
-                    throw SystemError("fsync", "new", code)
-                }
-            }
-            let code = durable ? fs.syncDirectory(bucket) : 0
-            if code != 0 {
+            do throws(SystemError) {
+                try flusher.flushDirectories(madeBucket ? [root + "/new", bucket] : [bucket])
+            } catch {
                 _ = fs.unlink(target)
-                throw SystemError("fsync", relative(bucket), code)
+                throw SystemError(error.call, relative(error.path), error.code)
             }
         } catch {
             _ = fs.unlink(tmpPath)

@@ -35,7 +35,8 @@ let usage = """
       WEBHOOK_DEDUPE_RETENTION  default 7d; older timestamps are refused as replays
       WEBHOOK_DEDUPE_FIELDS     default: SHA-256 of the body; or e.g. event,data.id,timestamp
       WEBHOOK_ACK_DEADLINE      default 3s; past it the answer is 503
-      WEBHOOK_DURABILITY        request (default) | off (needs WEBHOOK_UNSAFE=1; benchmarks only)
+      WEBHOOK_DURABILITY        group (default: concurrent requests share one flush) | request
+                                (one fsync per file and directory) | off (needs WEBHOOK_UNSAFE=1; benchmarks only)
 
     Exit status: 0 after a clean stop, 64 bad usage, 78 bad configuration,
     73 spool cannot be created, 71 a system call failed at start-up.
@@ -113,9 +114,10 @@ do {
     fail(78, error.description)
 }
 if let n = options.threads { config.threads = n }
-let spool = Spool(root: config.spoolDir)
+let spool: Spool
 do {
-    try spool.createTree()
+    try Spool(root: config.spoolDir).createTree()
+    spool = try Spool(root: config.spoolDir, durability: config.durability)
 } catch {
     fail(73, "spool \(config.spoolDir): \(error)")
 }

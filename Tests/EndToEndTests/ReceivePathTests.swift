@@ -106,7 +106,7 @@ func json(_ r: HTTPResponse) -> [String: Any] {
         defer { stack.stop() }
         let body = EventSamples.payload(type: "workflow.step.completed")
         let answers = Mutex<[String]>([])
-        DispatchQueue.concurrentPerform(iterations: 50) { _ in
+        runConcurrently(50) { _ in
             let r = try? stack.deliver(body)
             answers.withLock { $0.append(r.map { "\($0.status) \(json($0)["status"] as? String ?? "")" } ?? "no answer") }
         }

@@ -45,6 +45,7 @@ public final class FaultPlan: Sendable {
             open: { p, f, m in self.shouldFail(.open) ? -1 : real.open(p, f, m) },
             write: { fd, b, n in self.shouldFail(.write) ? -1 : real.write(fd, b, n) },
             fsync: { fd in self.shouldFail(.fsync) ? -1 : real.fsync(fd) },
+            syncfs: { fd in self.shouldFail(.syncfs) ? -1 : real.syncfs(fd) },
             close: { fd in
                 if self.shouldFail(.close) {
                     _ = real.close(fd)

@@ -58,3 +58,19 @@ public func waitUntil(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
     }
     return condition()
 }
+
+/// Runs `body(i)` for i in 0..<count, each on a thread of its own, all at once
+/// (unlike concurrentPerform, which runs only as many at a time as there are cores).
+public func runConcurrently(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let group = DispatchGroup()
+    for i in 0..<count {
+        group.enter()
+        let t = Thread {
+            body(i)
+            group.leave()
+        }
+        t.stackSize = 1 << 20
+        t.start()
+    }
+    group.wait()
+}

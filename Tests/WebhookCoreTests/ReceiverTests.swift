@@ -206,7 +206,7 @@ final class Harness: @unchecked Sendable {
         let body = h.body()
         let receiver = h.receiver
         let outcomes = Mutex<[String]>([])
-        DispatchQueue.concurrentPerform(iterations: 40) { _ in
+        runConcurrently(40) { _ in
             let r = h.send(body, receiver: receiver)
             outcomes.withLock { $0.append(r.outcome) }
         }
@@ -233,5 +233,99 @@ final class Harness: @unchecked Sendable {
         }
         #expect(lines[0].contains("\"status\":200"))
         #expect(lines[0].contains("\"latency_ms\":1.5"))
+    }
+}
+
+@Suite struct GroupCommitTests {
+    /// A syncfs hook the test controls.
+    final class Hook: @unchecked Sendable {
+        let lock = NSLock()
+        var calls = 0
+        var onCall: (Int) -> Int32 = { _ in 0 }
+        func call() -> Int32 {
+            let n = lock.withLock { () -> Int in
+                calls += 1
+                return calls
+            }
+            return onCall(n)
+        }
+    }
+
+    func groupSpool(_ h: Harness, hook: Hook) throws -> Spool {
+        let real = FileOps.system
+        let fs = FileOps(
+            open: real.open, write: real.write, fsync: real.fsync,
+            syncfs: { fd in
+                let code = hook.call()
+                if code != 0 {
+                    errno = code
+                    return -1
+                }
+                return real.syncfs(fd)
+            }, close: real.close, link: real.link, rename: real.rename, unlink: real.unlink, mkdir: real.mkdir)
+        return try Spool(root: h.dir.path, fs: fs, durability: .group)
+    }
+
+    @Test func concurrentRequestsShareFlushesAndAllLandOnce() throws {
+        let h = Harness { $0.durability = .group }
+        let hook = Hook()
+        let spool = try groupSpool(h, hook: hook)
+        let receiver = Receiver(config: h.config, secrets: [h.secret], spool: spool, clock: .fixed(h.nowMicros))
+        let bodies = (0..<64).map { h.body(id: "e\($0)") }
+        let outcomes = Mutex<[String]>([])
+        runConcurrently(bodies.count) { i in
+            let r = h.send(bodies[i], receiver: receiver)
+            outcomes.withLock { $0.append(r.outcome) }
+        }
+        #expect(outcomes.withLock { $0 }.allSatisfy { $0 == "accepted" })
+        #expect(h.waiting.count == 64)
+        #expect(filesUnder(h.dir.at("tmp")).isEmpty)
+        #expect(hook.calls >= 1 && hook.calls <= 64)
+        for file in h.waiting {
+            let record = try SpoolRecord.decode(Array(try Data(contentsOf: URL(fileURLWithPath: h.dir.at("new/" + file)))))
+            #expect(bodies.contains(record.body))
+        }
+    }
+
+    @Test func aFailedFlushFailsItsWholeBatchAndIsNotRetried() throws {
+        let h = Harness { $0.durability = .group }
+        let hook = Hook()
+        let spool = try groupSpool(h, hook: hook)
+        let flusher = try #require(spool.groupFlusher)
+        // The first flush holds until nine more requests are parked behind it;
+        // the flush of those nine then fails.
+        hook.onCall = { n in
+            if n == 1 { _ = waitUntil { flusher.waitingForData == 9 } }
+            return n == 2 ? EIO : 0
+        }
+        let receiver = Receiver(config: h.config, secrets: [h.secret], spool: spool, clock: .fixed(h.nowMicros))
+        let bodies = (0..<10).map { h.body(id: "b\($0)") }
+        let outcomes = Mutex<[Int]>([])
+        runConcurrently(10) { i in
+            let r = h.send(bodies[i], receiver: receiver)
+            outcomes.withLock { $0.append(r.status) }
+        }
+        let statuses = outcomes.withLock { $0 }.sorted()
+        #expect(statuses == [200] + [Int](repeating: 503, count: 9))
+        #expect(hook.calls == 2)
+        #expect(h.waiting.count == 1)
+        #expect(filesUnder(h.dir.at("tmp")).isEmpty)
+        // The sender's retries are accepted, each once.
+        for body in bodies { _ = h.send(body, receiver: receiver) }
+        #expect(h.waiting.count == 10)
+    }
+
+    @Test(arguments: [(FileCall.syncfs, 1), (.fsync, 1), (.open, 2)])
+    func groupModeFaultsAnswer503AndLeaveNothing(_ fault: (FileCall, Int)) throws {
+        let h = Harness { $0.durability = .group }
+        let plan = FaultPlan(failing: fault.0, nth: fault.1, code: EIO)
+        let spool = try Spool(root: h.dir.path, fs: plan.fileOps, durability: .group)
+        let receiver = Receiver(config: h.config, secrets: [h.secret], spool: spool, clock: .fixed(h.nowMicros))
+        let r = h.send(h.body(), receiver: receiver)
+        #expect(plan.didFire)
+        #expect(r.status == 503)
+        #expect(h.waiting.isEmpty)
+        #expect(filesUnder(h.dir.at("tmp")).isEmpty)
+        #expect(h.send(h.body(), receiver: receiver).outcome == "accepted")
     }
 }

@@ -37,7 +37,7 @@ import WebhookTestSupport
         #expect(c.maxBodyBytes == 1_048_576)
         #expect(c.retentionSeconds == 604_800)
         #expect(c.ackDeadlineMilliseconds == 3000)
-        #expect(c.durability == .request)
+        #expect(c.durability == .group)
         #expect(c.dedupeFields.isEmpty)
         #expect(warnings.isEmpty)
     }
