@@ -8,6 +8,7 @@ let usage = """
     Usage:
       webhook-loadtest run  --url URL --secret-file FILE [options]
       webhook-loadtest send --url URL --secret-file FILE [--event TYPE | --body FILE] [--retry-schedule]
+      webhook-loadtest fill --spool DIR [--events N] [--markers M]
 
     run     Signed load with acknowledgement latency measured against the sender's budget.
       --rate R             open loop: R requests/s in total, each on a fixed schedule, latency
@@ -35,6 +36,9 @@ let usage = """
                            2h, 12h) and report which attempt succeeded
       --time-scale S       multiply the retry delays by S (e.g. 0.001: 1 min becomes 60 ms)
       --timeout D          per attempt (default 10s)
+
+    fill    Benchmark set-up: write N waiting events (spread over minute buckets) and M dedupe
+            markers straight into a spool, without HTTP and without fsync.
 
     Common: --url URL (default http://127.0.0.1:8080/webhooks/installer), --secret-file FILE
     (default $WEBHOOK_SECRET_FILE; the first secret signs), -h/--help.
@@ -226,11 +230,56 @@ func runSend(_ args: ArraySlice<String>) -> Int32 {
     return 1
 }
 
+func runFill(_ args: ArraySlice<String>) -> Int32 {
+    let a = Arguments(args, valued: ["--spool", "--events", "--markers"], flags: [])
+    guard let dir = a.values["--spool"] else { die("--spool DIR is required") }
+    let events = Int(a.number("--events") ?? 0)
+    let markers = Int(a.number("--markers") ?? 0)
+    let spool: Spool
+    do {
+        try Spool(root: dir).createTree()
+        spool = try Spool(root: dir, durability: .off)
+    } catch { die("spool \(dir): \(error)") }
+    let now = WallClock.system.nowMicros()
+    let secret = [Array("fill".utf8)]
+    let signer = SignatureVerifier(secrets: secret)
+    for i in 0..<events {
+        // Spread over the last days, one bucket a minute, oldest first.
+        let received = now - Int64(events - i) * 100_000
+        let body = EventSamples.payload(type: EventSamples.types[i % EventSamples.types.count], sequence: i, nowMicros: received)
+        let id = Spool.newId(receivedAtMicros: received)
+        let record = SpoolRecord(
+            id: id, key: Hex.encode(Crypto.sha256(body)), event: EventSamples.types[i % EventSamples.types.count],
+            receivedAtMicros: received, remoteAddr: "127.0.0.1", requestId: "fill", organizationId: nil, entityId: nil,
+            timestamp: nil, headers: [("x-webhook-signature", signer.sign(body))], body: body)
+        do {
+            try spool.publish(staged: try spool.stage(record), as: Spool.waitingPath(id: id, receivedAtMicros: received))
+        } catch { die("writing event \(i): \(error)") }
+        if i > 0 && i % 100_000 == 0 { print("  \(i) events") }
+    }
+    let store = spool.lockStore
+    let expires = now / 1_000_000 + 7 * 86400
+    for i in 0..<markers {
+        var seed = Array("marker-\(i)".utf8)
+        seed.append(contentsOf: Crypto.randomBytes(4))
+        let key = Hex.encode(Crypto.sha256(seed))
+        do {
+            let m = try store.acquire(key: key, deadline: Deadline(millisecondsFromNow: 1000), nowSeconds: 0)
+            try store.markCommitted(m, id: "fill-\(i)", expiresAt: expires)
+            store.release(m)
+        } catch { die("writing marker \(i): \(error)") }
+        if i > 0 && i % 1_000_000 == 0 { print("  \(i) markers") }
+    }
+    print("filled \(dir): \(events) waiting events, \(markers) markers")
+    return 0
+}
+
 let arguments = CommandLine.arguments
 guard arguments.count >= 2 else { die("a command is required\n\(usage)") }
 switch arguments[1] {
 case "run": exit(runLoad(arguments.dropFirst(2)))
 case "send": exit(runSend(arguments.dropFirst(2)))
+case "fill": exit(runFill(arguments.dropFirst(2)))
 case "-h", "--help", "help":
     print(usage)
     exit(0)
