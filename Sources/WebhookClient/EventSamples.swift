@@ -16,9 +16,15 @@ public enum EventSamples {
         var b = Crypto.randomBytes(16)
         b[6] = b[6] & 0x0F | 0x40
         b[8] = b[8] & 0x3F | 0x80
-        let h = Array(Hex.encode(b))
-        return String(h[0..<8]) + "-" + String(h[8..<12]) + "-" + String(h[12..<16]) + "-" + String(h[16..<20]) + "-"
-            + String(h[20..<32])
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(36)
+        for (i, byte) in b.enumerated() {
+            if i == 4 || i == 6 || i == 8 || i == 10 { out.append(UInt8(ascii: "-")) }
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// RFC 3339 with whole seconds, as the sender writes it.
@@ -62,10 +68,23 @@ public enum EventSamples {
                 ("createdAt", JSONText.string(now)),
             ]
         }
-        var text = "{\n  \"event\": \(JSONText.string(type)),\n  \"timestamp\": \(JSONText.string(now)),\n"
-        text += "  \"organizationId\": \(JSONText.string(organizationId)),\n  \"data\": {\n"
-        text += data.map { "    \(JSONText.string($0.0)): \($0.1)" }.joined(separator: ",\n")
-        text += "\n  }\n}\n"
-        return Array(text.utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(512)
+        out.append(contentsOf: "{\n  \"event\": ".utf8)
+        JSONText.appendString(type, to: &out)
+        out.append(contentsOf: ",\n  \"timestamp\": ".utf8)
+        JSONText.appendString(now, to: &out)
+        out.append(contentsOf: ",\n  \"organizationId\": ".utf8)
+        JSONText.appendString(organizationId, to: &out)
+        out.append(contentsOf: ",\n  \"data\": {\n".utf8)
+        for (i, field) in data.enumerated() {
+            out.append(contentsOf: "    ".utf8)
+            JSONText.appendString(field.0, to: &out)
+            out.append(contentsOf: ": ".utf8)
+            out.append(contentsOf: field.1.utf8)
+            out.append(contentsOf: (i + 1 < data.count ? ",\n" : "\n").utf8)
+        }
+        out.append(contentsOf: "  }\n}\n".utf8)
+        return out
     }
 }

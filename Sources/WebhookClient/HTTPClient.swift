@@ -89,7 +89,10 @@ public final class HTTPConnection {
     /// The server.
     public let url: HTTPURL
     private var fd: Int32 = -1
+    /// Bytes received and not yet consumed are `buffer[start..<buffer.count]`.
     private var buffer: [UInt8] = []
+    private var start = 0
+    private var chunk = [UInt8](repeating: 0, count: 65536)
 
     /// A connection to `url`'s host; it connects on first use.
     public init(url: HTTPURL) {
@@ -103,6 +106,7 @@ public final class HTTPConnection {
         if fd >= 0 { Glibc.close(fd) }
         fd = -1
         buffer.removeAll(keepingCapacity: true)
+        start = 0
     }
 
     private func connect(deadline: Deadline) throws(HTTPError) {
@@ -145,11 +149,27 @@ public final class HTTPConnection {
         timeoutMilliseconds: Int = 10_000
     ) throws(HTTPError) -> HTTPResponse {
         let deadline = Deadline(millisecondsFromNow: timeoutMilliseconds)
-        var head = "\(method) \(path ?? url.path) HTTP/1.1\r\nHost: \(url.hostHeader)\r\n"
-        for (name, value) in headers { head += "\(name): \(value)\r\n" }
-        if !body.isEmpty || method == "POST" || method == "PUT" { head += "Content-Length: \(body.count)\r\n" }
-        head += "\r\n"
-        let request = Array(head.utf8) + body
+        var request: [UInt8] = []
+        request.reserveCapacity(256 + body.count)
+        request.append(contentsOf: method.utf8)
+        request.append(32)
+        request.append(contentsOf: (path ?? url.path).utf8)
+        request.append(contentsOf: " HTTP/1.1\r\nHost: ".utf8)
+        request.append(contentsOf: url.hostHeader.utf8)
+        request.append(contentsOf: "\r\n".utf8)
+        for (name, value) in headers {
+            request.append(contentsOf: name.utf8)
+            request.append(contentsOf: ": ".utf8)
+            request.append(contentsOf: value.utf8)
+            request.append(contentsOf: "\r\n".utf8)
+        }
+        if !body.isEmpty || method == "POST" || method == "PUT" {
+            request.append(contentsOf: "Content-Length: ".utf8)
+            request.append(contentsOf: String(body.count).utf8)
+            request.append(contentsOf: "\r\n".utf8)
+        }
+        request.append(contentsOf: "\r\n".utf8)
+        request.append(contentsOf: body)
         let reused = fd >= 0
         do {
             return try attempt(request, deadline: deadline, isHead: method == "HEAD")
@@ -184,9 +204,14 @@ public final class HTTPConnection {
         }
     }
 
+    private var available: Int { buffer.count - start }
+
     /// Reads more bytes into the buffer; false at end of stream.
     private func fill(_ deadline: Deadline) throws(HTTPError) -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 65536)
+        if start > 0 && start == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
+        }
         while true {
             if deadline.hasPassed { throw .timeout }
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
@@ -202,20 +227,20 @@ public final class HTTPConnection {
     }
 
     private func take(_ count: Int) -> [UInt8] {
-        let out = Array(buffer[0..<count])
-        buffer.removeFirst(count)
+        let out = Array(buffer[start..<(start + count)])
+        start += count
         return out
     }
 
     private func readLine(_ deadline: Deadline) throws(HTTPError) -> [UInt8] {
         while true {
-            if let i = buffer.firstIndex(of: 10) {
-                var line = take(i + 1)
+            if let i = buffer[start...].firstIndex(of: 10) {
+                var line = take(i + 1 - start)
                 line.removeLast()
                 if line.last == 13 { line.removeLast() }
                 return line
             }
-            guard buffer.count < 65536 else { throw .transport("header line too long") }
+            guard available < 65536 else { throw .transport("header line too long") }
             guard try fill(deadline) else { throw .transport("connection closed mid-response") }
         }
     }
@@ -248,7 +273,7 @@ public final class HTTPConnection {
                     while try !readLine(deadline).isEmpty {}
                     break
                 }
-                while buffer.count < size + 2 {
+                while available < size + 2 {
                     guard try fill(deadline) else { throw .transport("connection closed mid-body") }
                 }
                 body.append(contentsOf: take(size))
@@ -256,13 +281,13 @@ public final class HTTPConnection {
             }
         } else if let lengthText = response.header("content-length") {
             guard let length = Int(lengthText), length >= 0 else { throw .transport("bad Content-Length") }
-            while buffer.count < length {
+            while available < length {
                 guard try fill(deadline) else { throw .transport("connection closed mid-body") }
             }
             body = take(length)
         } else {
             while try fill(deadline) {}
-            body = take(buffer.count)
+            body = take(available)
             close()
         }
         if response.header("connection")?.lowercased() == "close" { close() }

@@ -1,8 +1,9 @@
 // FastCGI serving with a fixed set of threads, each with its own FCGX_Request.
 //
-// Each thread waits in poll(2) on the listening socket and on a wake pipe, and
-// accepts connections itself; libfcgi only parses the records of a connection
-// it is handed. That keeps shutdown clean: SIGTERM and SIGINT are taken by the
+// One thread at a time (the holder of the accept lock) waits in poll(2) on the
+// listening socket and on a wake pipe, and accepts the next connection itself;
+// the others sleep on the lock rather than all waking for every connection.
+// libfcgi only parses the records of a connection it is handed. That keeps shutdown clean: SIGTERM and SIGINT are taken by the
 // main thread with sigwait(2), which writes to the wake pipe; idle threads
 // return at once, busy ones finish the request in hand. No signal is ever
 // delivered into a thread that is reading a request, so libfcgi's reads (which
@@ -13,13 +14,18 @@ import Glibc
 import Synchronization
 import WebhookCore
 
-final class FastCGIServer: Sendable {
+final class FastCGIServer: @unchecked Sendable {
     let receiver: Receiver
     let listenFd: Int32
     let wakeFd: Int32
     let ioTimeoutMilliseconds: Int
     let logger: Logger
     let stopping = Atomic<Bool>(false)
+    private let acceptLock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
 
     init(receiver: Receiver, listenFd: Int32, wakeFd: Int32, ioTimeoutMilliseconds: Int, logger: Logger) {
         self.receiver = receiver
@@ -31,6 +37,8 @@ final class FastCGIServer: Sendable {
 
     /// Waits for a connection; nil when told to stop.
     func nextConnection() -> Int32? {
+        pthread_mutex_lock(acceptLock)
+        defer { pthread_mutex_unlock(acceptLock) }
         var fds = [pollfd(fd: listenFd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFd, events: Int16(POLLIN), revents: 0)]
         while !stopping.load(ordering: .relaxed) {
             let ready = poll(&fds, 2, -1)

@@ -129,6 +129,7 @@ func runLoad(_ args: ArraySlice<String>) -> Int32 {
     }
     o.budgetMilliseconds = a.duration("--budget", default: 5000)
     o.timeoutMilliseconds = a.duration("--timeout", default: 2 * o.budgetMilliseconds)
+    o.trackEvents = a.values["--verify-spool"] != nil
 
     if a.flags.contains("--find-capacity") {
         return findCapacity(o, target: a.duration("--target", default: 1000), json: a.values["--json"])
