@@ -10,18 +10,17 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-// Forks and executes `path` as the leader of a new process group, with
+// Starts `path` as the leader of a new process group, with
 // `stdin_fd` and `stderr_fd` as its fds 0 and 2, the default signal mask and
 // dispositions, and SIGKILL sent to it should the calling thread die first.
-// Only async-signal-safe calls run between fork and exec, so this is safe in
-// a multithreaded process. Returns the child's pid, or -1 with errno set.
+// Only async-signal-safe calls that touch no shared memory run between vfork
+// and exec, so this is safe in a multithreaded process. Returns the child's pid, or -1 with errno set.
 static inline pid_t iw_spawn(const char *path, char *const argv[], char *const envp[], int stdin_fd, int stderr_fd) {
     pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid != 0) {
-        if (pid > 0) setpgid(pid, pid);
-        return pid;
-    }
+    // vfork: no copy of the parent's page tables, and the parent resumes once
+    // the child has called execve, so a busy worker spawns cheaply.
+    pid_t pid = vfork();
+    if (pid != 0) return pid;
     setpgid(0, 0);
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(127);
     struct sigaction dfl;

@@ -168,17 +168,29 @@ func bindUnixSocket(_ path: String) throws(SystemError) -> Int32 {
     return fd
 }
 
+let stopSignalNumbers = [SIGTERM, SIGINT, SIGHUP, SIGUSR1]
+
+/// Installs do-nothing handlers for the stop signals, so that libfcgi, which
+/// only installs its own where none is set, leaves them to us.
+func installStopSignalHandlers() {
+    var action = sigaction()
+    action.__sigaction_handler.sa_handler = { _ in }
+    sigemptyset(&action.sa_mask)
+    for s in stopSignalNumbers { sigaction(s, &action, nil) }
+    signal(SIGPIPE, SIG_IGN)
+}
+
+/// Puts the stop signals back to their default action (CGI mode).
+func restoreDefaultStopSignals() {
+    for s in stopSignalNumbers { signal(s, SIG_DFL) }
+}
+
 func serveFastCGI(receiver: Receiver, config: ReceiverConfig, listenPath: String?, logger: Logger) -> Int32 {
     var stopSignals = sigset_t()
     sigemptyset(&stopSignals)
     for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&stopSignals, s) }
-    // Handlers of our own before FCGX_Init, which keeps existing ones; the
-    // signals are then blocked everywhere and taken by sigwait below.
-    var action = sigaction()
-    action.__sigaction_handler.sa_handler = { _ in }
-    sigemptyset(&action.sa_mask)
-    for s in [SIGTERM, SIGINT, SIGHUP, SIGUSR1] { sigaction(s, &action, nil) }
-    signal(SIGPIPE, SIG_IGN)
+    // Blocked everywhere (the serving threads inherit the mask) and taken by sigwait below.
+    installStopSignalHandlers()
     pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
     guard FCGX_Init() == 0 else {
         logger.log("error", "FCGX_Init failed")

@@ -114,10 +114,19 @@ do {
     fail(78, error.description)
 }
 if let n = options.threads { config.threads = n }
+// Our handlers go in before libfcgi initialises (FCGX_IsCGI does that), since
+// it installs its own only where none is set; FastCGI serving then blocks these
+// signals and takes them with sigwait. A CGI process keeps the defaults.
+installStopSignalHandlers()
+let cgiMode = options.listenPath == nil && FCGX_IsCGI() != 0
+if cgiMode { restoreDefaultStopSignals() }
+// A CGI process answers one request: a batch of one shares nothing, and one
+// fsync of its own file is cheaper than a syncfs of the whole file system.
+let durability: Durability = cgiMode && config.durability == .group ? .request : config.durability
 let spool: Spool
 do {
     try Spool(root: config.spoolDir).createTree()
-    spool = try Spool(root: config.spoolDir, durability: config.durability)
+    spool = try Spool(root: config.spoolDir, durability: durability)
 } catch {
     fail(73, "spool \(config.spoolDir): \(error)")
 }
@@ -129,7 +138,7 @@ if options.check {
     exit(0)
 }
 
-if options.listenPath == nil && FCGX_IsCGI() != 0 {
+if cgiMode {
     exit(serveCGI(receiver: receiver, logger: logger))
 }
 exit(serveFastCGI(receiver: receiver, config: config, listenPath: options.listenPath, logger: logger))
