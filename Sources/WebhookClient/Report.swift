@@ -180,7 +180,7 @@ public struct SpoolVerification: Sendable, Equatable {
             for name in listDirectory(spoolDir + "/new/" + bucket) ?? [] { files.append("new/\(bucket)/\(name)") }
         }
         for state in ["cur", "defer", "failed", "skipped", "done", "quarantine"] {
-            for name in listDirectory(spoolDir + "/" + state) ?? [] where !name.hasSuffix(".pgid") { files.append("\(state)/\(name)") }
+            for name in listDirectory(spoolDir + "/" + state) ?? [] { files.append("\(state)/\(name)") }
         }
         for file in files {
             guard let bytes = try? readWholeFile(spoolDir + "/" + file, limit: 80 << 20), let record = try? SpoolRecord.decode(bytes)

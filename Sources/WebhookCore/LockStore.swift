@@ -87,12 +87,30 @@ public struct LockStore: Sendable {
         return errno
     }
 
+    /// The state of `key`'s marker, read under its lock without creating it; absent when there is none.
+    public func state(of key: String, deadline: Deadline, nowSeconds: Int64) throws(LockStoreError) -> MarkerState {
+        guard let m = try acquire(key: key, deadline: deadline, nowSeconds: nowSeconds, create: false) else { return .absent }
+        defer { release(m) }
+        return m.state
+    }
+
     /// Takes the lock on `key`'s marker, waiting until `deadline`, and reads its state.
     public func acquire(key: String, deadline: Deadline, nowSeconds: Int64) throws(LockStoreError) -> HeldMarker {
+        // With create, a marker is always there to lock.
+        guard let m = try acquire(key: key, deadline: deadline, nowSeconds: nowSeconds, create: true) else {
+            throw .system(SystemError("open", path(for: key), ENOENT))
+        }
+        return m
+    }
+
+    private func acquire(key: String, deadline: Deadline, nowSeconds: Int64, create: Bool) throws(LockStoreError)
+        -> HeldMarker?
+    {
         let path = path(for: key)
         var backoffNanos: UInt64 = 200_000
         while true {
-            var fd = fs.open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            var fd = fs.open(path, O_RDWR | (create ? O_CREAT : 0) | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            if fd < 0 && errno == ENOENT && !create { return nil }
             if fd < 0 && errno == ENOENT {
                 let (top, shard) = directories(for: key)
                 for dir in [top, shard] {

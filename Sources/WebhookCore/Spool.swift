@@ -5,7 +5,7 @@
 //   writing      tmp/<id>                     webhook-fcgi (O_EXCL)        webhook-fcgi after the link or on
 //                                                                          failure; prune when older than 1 h
 //   waiting      new/<YYYYMMDDTHHMM>/<id>     webhook-fcgi (link)          drain (rename to cur/)
-//   claimed      cur/<id> (+ <id>.pgid)       drain, before the handler    drain: success, retry or dead letter;
+//   claimed      cur/<id>                     drain, before the handler    drain: success, retry or dead letter;
 //                                                                          the next drain if this one crashed
 //   retrying     defer/<id>                   drain, after a failure       drain, once due (rename to cur/)
 //   dead         failed/<id>                  drain, after the last try    `retry` (back to defer/, due now)
@@ -14,7 +14,8 @@
 //   handled      done/<id> (only if kept)     drain, after success         prune, beyond the configured count
 //   attempt log  attempts/<id>                drain, one JSON line a try   drain on success; kept while dead
 //   dedupe       dedupe/ab/cd/<key>           webhook-fcgi; H by drain     prune, past retention
-//   run state    worker/                      drain (run lock, counters, last run)
+//   run state    worker/                      drain (run lock, counters, last run, each slot's
+//                                             handler process group in slot-<n>.pgid)
 //
 // Timers are ordered so that no cleaner races a live writer: a request gives
 // up after its ack deadline (3 s by default); prune calls a tmp/ file stale only

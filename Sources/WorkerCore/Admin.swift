@@ -34,7 +34,7 @@ public struct SpoolStatus {
                 }
                 s.counts[state] = n
             } else {
-                let names = (listDirectory(spoolDir + "/" + state) ?? []).filter { !$0.hasSuffix(".pgid") }
+                let names = listDirectory(spoolDir + "/" + state) ?? []
                 s.counts[state] = names.count
                 if state == "defer" {
                     let log = AttemptLog(spoolDir: spoolDir)

@@ -135,6 +135,36 @@ final class KeyGate: @unchecked Sendable {
     }
 }
 
+/// The process group a slot's handler runs in, kept in `worker/slot-<n>.pgid`
+/// (one file a slot, rewritten in place) so that a later run can kill what a
+/// dead run's handlers left behind.
+final class SlotGroupFile: @unchecked Sendable {
+    private let fd: Int32
+
+    init(path: String) {
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    func set(_ pgid: Int32) {
+        guard fd >= 0 else { return }
+        let text = Array(String(format: "%-11d\n", pgid).utf8)
+        _ = text.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    func clear() { set(0) }
+
+    /// The groups recorded in the slot files under `directory`.
+    static func recorded(in directory: String) -> [Int32] {
+        (listDirectory(directory) ?? []).filter { $0.hasPrefix("slot-") && $0.hasSuffix(".pgid") }.compactMap { name in
+            (try? readWholeFile(directory + "/" + name, limit: 64)).flatMap {
+                Int32(String(decoding: $0, as: UTF8.self).trimmingSpaces())
+            }
+        }.filter { $0 > 1 }
+    }
+}
+
 /// A drain run over one spool.
 public final class Drain: @unchecked Sendable {
     let config: WorkerConfig
@@ -204,11 +234,12 @@ public final class Drain: @unchecked Sendable {
             let mine = blocked.filter { Self.slot(for: $0, of: slotCount) == index }
             let queue = queues[index]
             finished.enter()
+            let groupFile = SlotGroupFile(path: path("worker/slot-\(index).pgid"))
             let t = Thread { [self] in
                 var slotBlocked = mine
                 let forward = ForwardRunner()
                 while let item = queue.take() {
-                    process(item, blocked: &slotBlocked, forward: forward, claimDeadline: claimDeadline)
+                    process(item, blocked: &slotBlocked, forward: forward, group: groupFile, claimDeadline: claimDeadline)
                 }
                 finished.leave()
             }
@@ -282,16 +313,16 @@ public final class Drain: @unchecked Sendable {
     /// Takes back claims of a run that died: its handler's process group is
     /// killed first, so nothing of it finishes the event behind this run's back.
     func recoverClaims() {
-        for name in (listDirectory(path("cur")) ?? []).sorted() where !name.hasSuffix(".pgid") {
-            let pgidPath = path("cur/" + name + ".pgid")
-            if let text = try? readWholeFile(pgidPath, limit: 64),
-                let pgid = Int32(String(decoding: text, as: UTF8.self).trimmingSpaces()), pgid > 1
-            {
+        let claims = (listDirectory(path("cur")) ?? []).sorted()
+        if !claims.isEmpty {
+            // Normally the watchdog has done this already; this covers a watchdog that died too.
+            for pgid in SlotGroupFile.recorded(in: path("worker")) {
                 kill(-pgid, SIGKILL)
                 let gone = Deadline(millisecondsFromNow: 5000)
                 while kill(-pgid, 0) == 0 && !gone.hasPassed { sleepMilliseconds(5) }
             }
-            unlink(pgidPath)
+        }
+        for name in claims {
             let attempt = attemptLog.entries(name).count + 1
             let entry = AttemptEntry(
                 at: nowSeconds, attempt: attempt, kind: "interrupted", code: 0, detail: "", nextAt: nowSeconds)
@@ -305,11 +336,7 @@ public final class Drain: @unchecked Sendable {
 
     private func markerState(_ key: String) -> MarkerState? {
         guard LockStore.isValidKey(key) else { return nil }
-        let store = spool.lockStore
-        guard let m = try? store.acquire(key: key, deadline: Deadline(millisecondsFromNow: 5000), nowSeconds: nowSeconds)
-        else { return nil }
-        defer { store.release(m) }
-        return m.state
+        return try? spool.lockStore.state(of: key, deadline: Deadline(millisecondsFromNow: 5000), nowSeconds: nowSeconds)
     }
 
     private func recordHandled(_ record: SpoolRecord) {
@@ -326,7 +353,10 @@ public final class Drain: @unchecked Sendable {
         }
     }
 
-    private func process(_ item: WorkItem, blocked: inout Set<String>, forward: ForwardRunner, claimDeadline: Deadline) {
+    private func process(
+        _ item: WorkItem, blocked: inout Set<String>, forward: ForwardRunner, group groupFile: SlotGroupFile,
+        claimDeadline: Deadline
+    ) {
         let record = item.record
         let id = record.id
         if let entity = item.entity, blocked.contains(entity) {
@@ -366,15 +396,16 @@ public final class Drain: @unchecked Sendable {
         let outcome: HandlerOutcome
         switch action {
         case .exec(let command):
-            let pgidPath = path(claimed + ".pgid")
             var group: Int32 = 0
             outcome = exec.run(command, input, timeoutMilliseconds: config.timeoutMilliseconds) { pgid in
                 group = pgid
                 watchdog?.watch(pgid)
-                writeAtomically(pgidPath, Data("\(pgid)\n".utf8))
+                groupFile.set(pgid)
             }
-            if group > 0 { watchdog?.release(group) }
-            unlink(pgidPath)
+            if group > 0 {
+                groupFile.clear()
+                watchdog?.release(group)
+            }
         case .forward(let url):
             outcome = forward.run(url, input, timeoutMilliseconds: config.timeoutMilliseconds)
         }

@@ -37,8 +37,9 @@ let usage = """
       --time-scale S       multiply the retry delays by S (e.g. 0.001: 1 min becomes 60 ms)
       --timeout D          per attempt (default 10s)
 
-    fill    Benchmark set-up: write N waiting events (spread over minute buckets) and M dedupe
-            markers straight into a spool, without HTTP and without fsync.
+    fill    Benchmark set-up: write N waiting events (spread over minute buckets, each with the
+            marker the receive path leaves) and M further dedupe markers straight into a spool,
+            without HTTP and without fsync.
 
     Common: --url URL (default http://127.0.0.1:8080/webhooks/installer), --secret-file FILE
     (default $WEBHOOK_SECRET_FILE; the first secret signs), -h/--help.
@@ -255,6 +256,10 @@ func runFill(_ args: ArraySlice<String>) -> Int32 {
             timestamp: nil, headers: [("x-webhook-signature", signer.sign(body))], body: body)
         do {
             try spool.publish(staged: try spool.stage(record), as: Spool.waitingPath(id: id, receivedAtMicros: received))
+            // The marker the receive path would have left.
+            let m = try spool.lockStore.acquire(key: record.key, deadline: Deadline(millisecondsFromNow: 1000), nowSeconds: 0)
+            try spool.lockStore.markCommitted(m, id: id, expiresAt: received / 1_000_000 + 7 * 86400)
+            spool.lockStore.release(m)
         } catch { die("writing event \(i): \(error)") }
         if i > 0 && i % 100_000 == 0 { print("  \(i) events") }
     }

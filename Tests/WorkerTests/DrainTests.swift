@@ -67,7 +67,7 @@ final class WorkerHarness: @unchecked Sendable {
         return Drain(config: c, clock: .fixed(micros), logger: logger, environment: ["PATH": "/usr/bin:/bin"], random: { 0.5 }).run()
     }
 
-    func files(_ state: String) -> [String] { filesUnder(spoolDir + "/" + state).filter { !$0.hasSuffix(".pgid") } }
+    func files(_ state: String) -> [String] { filesUnder(spoolDir + "/" + state) }
 
     /// A handler script in the scratch dir.
     func script(_ name: String, _ body: String) -> String {
