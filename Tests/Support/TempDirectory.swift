@@ -74,3 +74,38 @@ public func runConcurrently(_ count: Int, _ body: @escaping @Sendable (Int) -> V
     }
     group.wait()
 }
+
+/// Making a directory unwritable for the code under test: permission bits for
+/// an ordinary user, a read-only tmpfs mounted over it for root (who ignores
+/// permission bits).
+public enum ReadOnlyDirectory {
+    /// Whether it can be done here (root in a container may not mount).
+    public static let supported: Bool = {
+        guard geteuid() == 0 else { return true }
+        let probe = TempDirectory("mount-probe")
+        defer { probe.remove() }
+        guard (try? run("/bin/mount", ["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", probe.path]))?.status == 0 else { return false }
+        _ = try? run("/bin/umount", [probe.path])
+        return true
+    }()
+
+    /// Makes `path` unwritable.
+    public static func lock(_ path: String) throws {
+        if geteuid() == 0 {
+            let r = try run("/bin/mount", ["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", path])
+            guard r.status == 0 else { throw StackError(description: "mount failed: \(String(decoding: r.stderr, as: UTF8.self))") }
+        } else {
+            chmod(path, 0o500)
+        }
+    }
+
+    /// Undoes ``lock(_:)``.
+    public static func unlock(_ path: String) throws {
+        if geteuid() == 0 { try run("/bin/umount", [path]) } else { chmod(path, 0o700) }
+    }
+}
+
+/// The node binary, when installed (the sender's reference code is JavaScript).
+public let nodeBinary: String? = ["/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs"].first {
+    FileManager.default.isExecutableFile(atPath: $0)
+}
