@@ -29,6 +29,7 @@ public struct ReceiverConfig: Sendable {
     public static let knownKeys: Set<String> = [
         "WEBHOOK_SECRET_FILE", "WEBHOOK_SPOOL_DIR", "WEBHOOK_MAX_BODY_BYTES", "WEBHOOK_DEDUPE_RETENTION",
         "WEBHOOK_DEDUPE_FIELDS", "WEBHOOK_ACK_DEADLINE", "WEBHOOK_THREADS", "WEBHOOK_DURABILITY", "WEBHOOK_UNSAFE",
+        "WEBHOOK_MIN_FREE_BYTES",
     ]
 
     /// File holding the secrets, one per line; the first signs, all verify.
@@ -47,6 +48,8 @@ public struct ReceiverConfig: Sendable {
     public var threads: Int = 16
     /// How the spool write is made durable.
     public var durability: Durability = .group
+    /// Refuse (503) before writing when the spool's file system has less free space than this.
+    public var minFreeBytes: Int = 16 << 20
 
     /// Creates a configuration with defaults.
     public init(secretFile: String, spoolDir: String) {
@@ -97,6 +100,12 @@ public struct ReceiverConfig: Sendable {
                 throw ConfigError("WEBHOOK_ACK_DEADLINE=\(v): expected a duration from 100ms to under the sender's 5s")
             }
             config.ackDeadlineMilliseconds = Int(ms)
+        }
+        if let v = values["WEBHOOK_MIN_FREE_BYTES"] {
+            guard let n = ByteSize.parse(v), n >= 0 else {
+                throw ConfigError("WEBHOOK_MIN_FREE_BYTES=\(v): expected a size (e.g. 16M, 0 to turn the check off)")
+            }
+            config.minFreeBytes = n
         }
         if let v = values["WEBHOOK_THREADS"] {
             guard let n = Int(v), (1...1024).contains(n) else { throw ConfigError("WEBHOOK_THREADS=\(v): expected 1 to 1024") }

@@ -204,6 +204,17 @@ public final class Receiver: Sendable {
             expiresAt = max(nowSeconds, sent) + config.retentionSeconds
         }
         let key = dedupeKey(body: body, payload: payload)
+        // Like Postfix's queue_minfree: refuse while there is room to say so,
+        // rather than fill the disk to the last block.
+        if config.minFreeBytes > 0, let free = spool.freeSpace(),
+            free.bytes < config.minFreeBytes + body.count || free.inodes < 64
+        {
+            var r = errorResponse(
+                503, "unavailable", "event could not be stored; retry later", requestId: requestId,
+                event: payload.event, detail: "low disk space: \(free.bytes) bytes, \(free.inodes) inodes free on the spool")
+            r.key = key
+            return r
+        }
         var response = accept(
             body: body, payload: payload, key: key, expiresAt: expiresAt, request: request, requestId: requestId,
             nowMicros: nowMicros, deadline: deadline)

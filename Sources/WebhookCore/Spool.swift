@@ -151,6 +151,14 @@ public struct Spool: Sendable {
         _ = fs.unlink(tmpPath)
     }
 
+    /// Bytes and inodes free to an unprivileged writer on the spool's file
+    /// system; nil when statvfs fails.
+    public func freeSpace() -> (bytes: Int, inodes: Int)? {
+        var st = statvfs()
+        guard statvfs(root, &st) == 0 else { return nil }
+        return (Int(st.f_bavail) * Int(st.f_frsize), Int(st.f_favail))
+    }
+
     /// Whether a relative spool path names an existing file.
     public func exists(_ relativePath: String) -> Bool {
         var st = stat()

@@ -35,6 +35,7 @@ let usage = """
       WEBHOOK_DEDUPE_RETENTION  default 7d; older timestamps are refused as replays
       WEBHOOK_DEDUPE_FIELDS     default: SHA-256 of the body; or e.g. event,data.id,timestamp
       WEBHOOK_ACK_DEADLINE      default 3s; past it the answer is 503
+      WEBHOOK_MIN_FREE_BYTES    default 16M; below it the answer is 503 before anything is written
       WEBHOOK_DURABILITY        group (default: concurrent requests share one flush) | request
                                 (one fsync per file and directory) | off (needs WEBHOOK_UNSAFE=1; benchmarks only)
 

@@ -66,6 +66,9 @@ public func portAnswers(_ port: Int) -> Bool {
 public struct StackError: Error, CustomStringConvertible {
     /// What went wrong, with the logs that tell why.
     public let description: String
+
+    /// An error saying `description`.
+    public init(description: String) { self.description = description }
 }
 
 /// Runs a program to completion, returning its exit status and output.
