@@ -1,0 +1,98 @@
+// kill -9 of webhook-fcgi at random instants under concurrent load: nothing
+// acknowledged is lost, nothing partial is visible, and after the sender's
+// retries and a full drain every event reached the handler exactly once.
+import Foundation
+import Glibc
+import Testing
+import WebhookClient
+import WebhookCore
+import WebhookTestSupport
+import WorkerCore
+
+/// Bodies sent and the ones acknowledged 2xx, shared by the sending threads.
+final class Ledger: @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var sent: [[UInt8]] = []
+    private(set) var acknowledged: Set<BodyHash> = []
+
+    func record(_ body: [UInt8], ok: Bool) {
+        lock.withLock {
+            sent.append(body)
+            if ok { acknowledged.insert(BodyHash(body)) }
+        }
+    }
+
+    var snapshot: (sent: [[UInt8]], acknowledged: Set<BodyHash>) { lock.withLock { (sent, acknowledged) } }
+}
+
+@Suite(.serialized) struct CrashTests {
+    static var iterations: Int { Int(ProcessInfo.processInfo.environment["WEBHOOK_CRASH_ITERATIONS"] ?? "") ?? 150 }
+
+    @Test func killingTheHandlerAtRandomLosesNothingAcknowledged() throws {
+        let stack = try ReceiverStack()
+        defer { stack.stop() }
+        let ledger = Ledger()
+        let stop = Atomic(false)
+        let senders = (0..<4).map { n in
+            Thread {
+                let connection = HTTPConnection(url: HTTPURL(stack.url)!)
+                var i = 0
+                while !stop.value {
+                    i += 1
+                    let body = EventSamples.payload(type: EventSamples.types[i % 12], sequence: n * 1_000_000 + i)
+                    let r = try? stack.deliverer.send(body, on: connection, timeoutMilliseconds: 5000)
+                    ledger.record(body, ok: r.map { (200..<300).contains($0.status) } ?? false)
+                }
+            }
+        }
+        for t in senders { t.start() }
+        for _ in 0..<Self.iterations {
+            let before = ledger.snapshot.sent.count
+            // Let some requests through, then kill at a random instant.
+            _ = waitUntil(seconds: 5) { ledger.snapshot.sent.count > before + 2 }
+            usleep(UInt32.random(in: 0..<20_000))
+            stack.stopHandler(signal: SIGKILL)
+            try stack.startHandler()
+        }
+        stop.value = true
+        _ = waitUntil(seconds: 10) { senders.allSatisfy { $0.isFinished } }
+        let (sent, acknowledged) = ledger.snapshot
+        #expect(acknowledged.count > Self.iterations, "too little got through to mean anything")
+
+        // Whole files only, and every acknowledged event among them.
+        let records = try stack.storedRecords()
+        let stored = Set(records.map { BodyHash($0.body) })
+        #expect(acknowledged.subtracting(stored).isEmpty, "\(acknowledged.subtracting(stored).count) acknowledged events lost")
+        #expect(stored.isSubset(of: Set(sent.map { BodyHash($0) })))
+
+        // The sender retries everything that was not acknowledged (and some that was).
+        let connection = HTTPConnection(url: HTTPURL(stack.url)!)
+        for body in sent {
+            let r = try stack.deliverer.send(body, on: connection)
+            #expect(r.status == 200, "\(r.status) \(r.text)")
+        }
+        // A full drain: each event's handler succeeds exactly once.
+        let log = stack.dir.at("handled")
+        var config = WorkerConfig(spoolDir: stack.spoolDir)
+        config.defaultAction = .exec("echo \"$WEBHOOK_KEY\" >> \(log)")
+        config.concurrency = 4
+        let logger = Logger(program: "test") { _ in }
+        _ = Drain(config: config, logger: logger, environment: ["PATH": "/usr/bin:/bin"]).run()
+        let handled = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
+        let keys = Set(sent.map { Hex.encode(Crypto.sha256($0)) })
+        #expect(handled.count == keys.count, "\(handled.count) handler runs for \(keys.count) events")
+        #expect(Set(handled) == keys)
+        #expect(stack.waitingFiles.isEmpty)
+    }
+}
+
+/// A flag shared between threads.
+final class Atomic: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Bool
+    init(_ value: Bool) { stored = value }
+    var value: Bool {
+        get { lock.withLock { stored } }
+        set { lock.withLock { stored = newValue } }
+    }
+}
