@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import WebhookCore
+import WebhookTestSupport
 
 struct SignatureVector: Sendable, CustomTestStringConvertible {
     let name: String
@@ -86,5 +87,39 @@ struct SignatureVector: Sendable, CustomTestStringConvertible {
 
     @Test func sha256KnownAnswer() {
         #expect(Hex.encode(Crypto.sha256(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+}
+
+@Suite struct ConstantTimeTests {
+    /// The fastest of `rounds` batches, in nanoseconds per comparison.
+    static func fastest(_ compare: ([UInt8], [UInt8]) -> Bool, _ a: [UInt8], _ b: [UInt8], rounds: Int) -> Double {
+        var best = Double.infinity
+        var sink = 0
+        for _ in 0..<rounds {
+            let start = monotonicNanos()
+            for _ in 0..<20_000 where compare(a, b) { sink += 1 }
+            best = min(best, Double(monotonicNanos() - start) / 20_000)
+        }
+        #expect(sink == 0)
+        return best
+    }
+
+    /// The compare takes as long whether the first or the last byte differs. The
+    /// fastest of many interleaved batches is compared, so a busy machine slows
+    /// both alike; an early-exit compare shows up as a clear gap.
+    @Test func comparisonTimeDoesNotDependOnWhereTheTagsDiffer() {
+        let expected = Crypto.sha256(Array("tag".utf8))
+        var firstWrong = expected
+        firstWrong[0] ^= 1
+        var lastWrong = expected
+        lastWrong[31] ^= 1
+        var early = Double.infinity
+        var late = Double.infinity
+        for _ in 0..<10 {
+            early = min(early, Self.fastest(Crypto.constantTimeEqual, expected, firstWrong, rounds: 5))
+            late = min(late, Self.fastest(Crypto.constantTimeEqual, expected, lastWrong, rounds: 5))
+        }
+        let ratio = max(early, late) / min(early, late)
+        #expect(ratio < 1.35, "first byte wrong: \(early) ns, last byte wrong: \(late) ns")
     }
 }
