@@ -8,6 +8,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 // Starts `path` as the leader of a new process group, with
@@ -42,6 +43,12 @@ static inline pid_t iw_spawn(const char *path, char *const argv[], char *const e
 // reports writeback errors that happened since the last call on `fd`.
 static inline int iw_syncfs(int fd) {
     return (int)syscall(SYS_syncfs, fd);
+}
+
+// The file system type (statfs f_type) of `path`, or 0 when it cannot be read.
+static inline long iw_fs_type(const char *path) {
+    struct statfs st;
+    return statfs(path, &st) == 0 ? (long)st.f_type : 0;
 }
 
 // pidfd_open(2): a descriptor that becomes readable when `pid` exits.

@@ -32,6 +32,7 @@
 // Buckets are named by the minute the events arrived, so a reader can take the
 // oldest work first by listing one small directory, and no directory holds more
 // than a minute of traffic.
+import CSystem
 import Glibc
 
 /// The spool tree and its commit protocol.
@@ -157,6 +158,17 @@ public struct Spool: Sendable {
         var st = statvfs()
         guard statvfs(root, &st) == 0 else { return nil }
         return (Int(st.f_bavail) * Int(st.f_frsize), Int(st.f_favail))
+    }
+
+    /// Why the spool's file system is unsuitable (network file systems, whose
+    /// flock, link and fsync semantics the commit protocol cannot rely on), or nil.
+    public func fileSystemWarning() -> String? {
+        let names: [Int: String] = [
+            0x6969: "NFS", 0xFF53_4D42: "CIFS", 0xFE53_4D42: "SMB2", 0x517B: "SMB", 0x6573_5546: "FUSE",
+            0x0102_1997: "9P", 0x0BD0_0BD0: "Lustre", 0x0047_4653: "GlusterFS", 0x00C3_6400: "CephFS",
+        ]
+        guard let name = names[iw_fs_type(root)] else { return nil }
+        return "the spool \(root) is on \(name): only a local file system (ext4, xfs, …) is supported"
     }
 
     /// Whether a relative spool path names an existing file.

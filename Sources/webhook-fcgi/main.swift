@@ -131,6 +131,7 @@ do {
 } catch {
     fail(73, "spool \(config.spoolDir): \(error)")
 }
+if let warning = spool.fileSystemWarning() { logger.log("warn", warning) }
 let receiver = Receiver(config: config, secrets: secrets, spool: spool)
 
 if options.check {

@@ -160,6 +160,9 @@ do {
     fail(73, "spool \(config.spoolDir): \(error)")
 }
 let now = WallClock.system.nowMicros() / 1_000_000
+if let warning = Spool(root: config.spoolDir).fileSystemWarning() {
+    FileHandle.standardError.write(Data("webhook-worker: warning: \(warning)\n".utf8))
+}
 
 switch options.command {
 case "drain":

@@ -79,3 +79,12 @@ func sampleRecord(id: String = Spool.newId(receivedAtMicros: 1_796_000_000_000_0
         #expect(filesUnder(dir.at("new")).isEmpty)
     }
 }
+
+@Suite struct FileSystemCheckTests {
+    @Test func aLocalFileSystemIsNotWarnedAbout() {
+        let dir = TempDirectory("fs")
+        defer { dir.remove() }
+        #expect(Spool(root: dir.path).fileSystemWarning() == nil)
+        #expect(Spool(root: "/dev/shm").fileSystemWarning() == nil)
+    }
+}

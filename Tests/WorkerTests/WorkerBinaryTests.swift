@@ -119,3 +119,42 @@ extension WorkerHarness {
         #expect(try h.worker(["retry", "nope"]).status == 1)
     }
 }
+
+@Suite(.serialized) struct WorkerCrashTests {
+    @Test func drainsKilledAtRandomLoseNothingAndRerunOnlyWhatWasInterrupted() throws {
+        let h = WorkerHarness()
+        let ids = (0..<60).map { i in
+            h.receive(EventSamples.payload(type: "order.updated", nowMicros: (h.start + Int64(i)) * 1_000_000), at: Int64(i))
+        }
+        let log = h.dir.at("log")
+        let handler = h.script("handler", """
+            echo "$WEBHOOK_ID start" >> \(log)
+            sleep 0.0$(($$ % 5))
+            echo "$WEBHOOK_ID done" >> \(log)
+            """)
+        var kills = 0
+        for _ in 0..<15 {
+            let before = h.lines("log").count
+            let drain = try h.startDrain(["--exec", handler, "--concurrency", "4"], log: "drain.log")
+            _ = waitUntil(seconds: 10) { h.lines("log").count > before || !drain.isRunning }
+            usleep(UInt32.random(in: 0..<40_000))
+            if drain.isRunning {
+                kill(drain.processIdentifier, SIGKILL)
+                kills += 1
+            }
+            drain.waitUntilExit()
+        }
+        let last = try h.worker(["drain", "--exec", handler, "--concurrency", "4"])
+        #expect(last.status == 0)
+        #expect(kills > 0)
+        #expect(h.files("new").isEmpty && h.files("cur").isEmpty && h.files("defer").isEmpty && h.files("failed").isEmpty)
+        let done = h.lines("log").filter { $0.hasSuffix(" done") }.map { String($0.dropLast(5)) }
+        // Every event was handled; only events whose drain died around them ran twice.
+        #expect(Set(done) == Set(ids))
+        let reruns = done.count - Set(done).count
+        #expect(reruns <= kills * 4, "\(reruns) re-runs for \(kills) kills")
+        // No handler of a killed drain is still running.
+        let ps = try run("/bin/ps", ["-eo", "args"])
+        #expect(!String(decoding: ps.stdout, as: UTF8.self).contains(handler))
+    }
+}
