@@ -26,7 +26,7 @@ final class Ledger: @unchecked Sendable {
 }
 
 @Suite(.serialized) struct CrashTests {
-    static var iterations: Int { Int(ProcessInfo.processInfo.environment["WEBHOOK_CRASH_ITERATIONS"] ?? "") ?? 150 }
+    static var iterations: Int { Int(ProcessInfo.processInfo.environment["WEBHOOK_CRASH_ITERATIONS"] ?? "") ?? 200 }
 
     @Test func killingTheHandlerAtRandomLosesNothingAcknowledged() throws {
         let stack = try ReceiverStack()
