@@ -146,11 +146,9 @@ public struct ExecRunner: Sendable {
             if pidfd >= 0 {
                 if fds[0].revents != 0 { return true }
             } else {
-                var status: Int32 = 0
                 // WNOWAIT leaves the child to be reaped by the caller.
                 var info = siginfo_t()
                 if waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info._sifields._sigchld.si_pid == pid {
-                    _ = status
                     return true
                 }
             }
