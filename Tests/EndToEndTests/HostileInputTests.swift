@@ -9,18 +9,10 @@ import WebhookTestSupport
 
 /// Sends raw bytes to 127.0.0.1:`port` and returns the status line's code, or 0 without an answer.
 func rawExchange(port: Int, _ bytes: [UInt8], closeWrite: Bool = false) -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard let fd = connectLoopback(port) else { return -1 }
     defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = UInt16(port).bigEndian
     var tv = timeval(tv_sec: 10, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard connected == 0 else { return -1 }
     _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     if closeWrite { shutdown(fd, Int32(SHUT_WR)) }
     var reply = [UInt8](repeating: 0, count: 4096)

@@ -49,17 +49,26 @@ public func freePort() -> Int {
     return Int(UInt16(bigEndian: address.sin_port))
 }
 
-/// Whether something accepts TCP connections on 127.0.0.1:`port`.
-public func portAnswers(_ port: Int) -> Bool {
+/// A TCP socket connected to 127.0.0.1:`port`, or nil; the caller closes it.
+public func connectLoopback(_ port: Int) -> Int32? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     address.sin_port = UInt16(port).bigEndian
-    return withUnsafePointer(to: &address) {
+    let connected = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    } == 0
+    }
+    if connected == 0 { return fd }
+    close(fd)
+    return nil
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+public func portAnswers(_ port: Int) -> Bool {
+    guard let fd = connectLoopback(port) else { return false }
+    close(fd)
+    return true
 }
 
 /// Why a stack did not come up.
