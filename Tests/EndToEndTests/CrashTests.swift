@@ -57,7 +57,7 @@ final class Ledger: @unchecked Sendable {
         stop.value = true
         _ = waitUntil(seconds: 10) { senders.allSatisfy { $0.isFinished } }
         let (sent, acknowledged) = ledger.snapshot
-        #expect(acknowledged.count > Self.iterations, "too little got through to mean anything")
+        #expect(acknowledged.count > Self.iterations / 2, "too little got through to mean anything")
 
         // Whole files only, and every acknowledged event among them.
         let records = try stack.storedRecords()
