@@ -209,11 +209,10 @@ public final class Receiver: Sendable {
         if config.minFreeBytes > 0, let free = spool.freeSpace(),
             free.bytes < config.minFreeBytes + body.count || free.inodes < 64
         {
-            var r = errorResponse(
+            return errorResponse(
                 503, "unavailable", "event could not be stored; retry later", requestId: requestId,
-                event: payload.event, detail: "low disk space: \(free.bytes) bytes, \(free.inodes) inodes free on the spool")
-            r.key = key
-            return r
+                event: payload.event, key: key,
+                detail: "low disk space: \(free.bytes) bytes, \(free.inodes) inodes free on the spool")
         }
         var response = accept(
             body: body, payload: payload, key: key, expiresAt: expiresAt, request: request, requestId: requestId,
@@ -305,14 +304,22 @@ public final class Receiver: Sendable {
             try store.markInProgress(marker, spoolPath: waiting, nowSeconds: nowMicros / 1_000_000)
             let staged = try spool.stage(record)
             try spool.publish(staged: staged, as: waiting)
-            try store.markCommitted(marker, id: id, expiresAt: expiresAt)
         } catch {
             store.clear(marker)
             return errorResponse(
                 503, "unavailable", "event could not be stored; retry later", requestId: requestId,
                 detail: "\(error)")
         }
-        return accepted("accepted", id: id, requestId: requestId)
+        // The event is durable from here on. Should the C record fail, the P
+        // record stays and names the published file, so a repeat delivery is
+        // still recognised; answering 503 now would only invite a second copy.
+        var response = accepted("accepted", id: id, requestId: requestId)
+        do throws(LockStoreError) {
+            try store.markCommitted(marker, id: id, expiresAt: expiresAt)
+        } catch {
+            response.detail = "stored, but the dedupe marker still says in progress: \(error)"
+        }
+        return response
     }
 
     enum BodyError: Error {

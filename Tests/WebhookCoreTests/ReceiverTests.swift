@@ -155,6 +155,24 @@ final class Harness: @unchecked Sendable {
         #expect(h.waiting.count == 1)
     }
 
+    /// The fourth write is the C record, after the event is already durable.
+    @Test func aFailedCommitRecordStillAnswersAcceptedAndARepeatIsADuplicate() {
+        let h = Harness()
+        let plan = FaultPlan(failing: .write, nth: 4, code: EIO)
+        h.fs = plan.fileOps
+        let body = h.body()
+        let first = h.send(body)
+        #expect(plan.didFire)
+        #expect(first.status == 200)
+        #expect(first.outcome == "accepted")
+        #expect(first.detail?.contains("in progress") == true)
+        h.fs = .system
+        let repeat_ = h.send(body)
+        #expect(repeat_.outcome == "duplicate")
+        #expect(repeat_.id == first.id)
+        #expect(h.waiting.count == 1)
+    }
+
     @Test func aWriterThatDiedAfterPublishingIsNotWrittenTwice() throws {
         let h = Harness()
         let body = h.body()
