@@ -21,6 +21,8 @@ final class FastCGIServer: @unchecked Sendable {
     let ioTimeoutMilliseconds: Int
     let logger: Logger
     let stopping = Atomic<Bool>(false)
+    /// Set when the listening socket itself failed: the process stops and exits non-zero.
+    let failed = Atomic<Bool>(false)
     private let acceptLock: UnsafeMutablePointer<pthread_mutex_t> = {
         let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
         pthread_mutex_init(m, nil)
@@ -35,6 +37,15 @@ final class FastCGIServer: @unchecked Sendable {
         self.logger = logger
     }
 
+    /// The listening socket is unusable: stop the whole process (a supervisor
+    /// restarts it) rather than leave it alive and serving nothing.
+    private func fail(_ what: String) -> Int32? {
+        logger.log("error", what, [("error", .string(String(cString: strerror(errno))))])
+        failed.store(true, ordering: .relaxed)
+        kill(getpid(), SIGTERM)
+        return nil
+    }
+
     /// Waits for a connection; nil when told to stop.
     func nextConnection() -> Int32? {
         pthread_mutex_lock(acceptLock)
@@ -44,13 +55,11 @@ final class FastCGIServer: @unchecked Sendable {
             let ready = poll(&fds, 2, -1)
             if ready < 0 {
                 if errno == EINTR { continue }
-                logger.log("error", "poll failed", [("error", .string(String(cString: strerror(errno))))])
-                return nil
+                return fail("poll failed")
             }
             if fds[1].revents != 0 { return nil }
             let fd = accept(listenFd, nil, nil)
             if fd >= 0 {
-                // Not inherited by anything: this program never executes others.
                 _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
                 var tv = timeval(tv_sec: ioTimeoutMilliseconds / 1000, tv_usec: (ioTimeoutMilliseconds % 1000) * 1000)
                 _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -66,8 +75,7 @@ final class FastCGIServer: @unchecked Sendable {
                 var pause = timespec(tv_sec: 0, tv_nsec: 50_000_000)
                 nanosleep(&pause, nil)
             default:
-                logger.log("error", "accept failed", [("error", .string(String(cString: strerror(errno))))])
-                return nil
+                return fail("accept failed")
             }
         }
         return nil
@@ -257,5 +265,5 @@ func serveFastCGI(receiver: Receiver, config: ReceiverConfig, listenPath: String
     for thread in threads { pthread_join(thread, nil) }
     if let listenPath { unlink(listenPath) }
     logger.log("info", "stopped")
-    return 0
+    return server.failed.load(ordering: .relaxed) ? 71 : 0
 }

@@ -271,6 +271,29 @@ func json(_ r: HTTPResponse) -> [String: Any] {
         #expect(String(decoding: unset.stderr, as: UTF8.self).contains("WEBHOOK_SECRET_FILE is not set"))
     }
 
+    /// fd 0 is a socket that is not listening: the handler must not sit there
+    /// alive and serving nothing, but stop with a non-zero status for its supervisor.
+    @Test func aBrokenListeningSocketStopsTheProcess() throws {
+        let dir = TempDirectory("fd0")
+        defer { dir.remove() }
+        writeFile(dir.at("secret"), "whsec-fd0\n")
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Paths.binary("webhook-fcgi"))
+        p.environment = ["WEBHOOK_SECRET_FILE": dir.at("secret"), "WEBHOOK_SPOOL_DIR": dir.at("spool")]
+        p.standardInput = FileHandle(fileDescriptor: fd, closeOnDealloc: false)
+        let log = dir.at("log")
+        FileManager.default.createFile(atPath: log, contents: nil)
+        p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        try p.run()
+        #expect(waitUntil(seconds: 20) { !p.isRunning })
+        if p.isRunning { p.terminate() }
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 71)
+        #expect(((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"msg\":\"accept failed\""))
+    }
+
     @Test func helpAndBadUsage() throws {
         let help = try run(Paths.binary("webhook-fcgi"), ["--help"], environment: [:])
         #expect(help.status == 0)
