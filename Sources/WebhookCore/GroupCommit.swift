@@ -59,32 +59,35 @@ final class FlushBatch: @unchecked Sendable {
 
 /// Leader-based batching: whoever finds no flush running flushes for all who wait.
 final class FlushGroup: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var condition = pthread_cond_t()
+    // Allocated, not stored properties: pthread objects must keep one address.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var current = FlushBatch()
     private var flushing = false
 
     init() {
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&condition, nil)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
     }
 
     deinit {
-        pthread_cond_destroy(&condition)
-        pthread_mutex_destroy(&mutex)
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
     }
 
     /// Requests parked in the batch that has not started flushing.
     var waiting: Int {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
         return current.size
     }
 
     /// Joins the current batch (adding `directories` to it) and returns the
     /// errno of the flush that covered it (0 on success).
     func join(directories: [String], perform: (_ batch: FlushBatch) -> Int32) -> Int32 {
-        pthread_mutex_lock(&mutex)
+        pthread_mutex_lock(mutex)
         let mine = current
         mine.size += 1
         for d in directories { mine.directories.insert(d) }
@@ -94,19 +97,19 @@ final class FlushGroup: @unchecked Sendable {
                 flushing = true
                 let batch = current
                 current = FlushBatch()
-                pthread_mutex_unlock(&mutex)
+                pthread_mutex_unlock(mutex)
                 let code = perform(batch)
-                pthread_mutex_lock(&mutex)
+                pthread_mutex_lock(mutex)
                 batch.code = code
                 batch.done = true
                 flushing = false
-                pthread_cond_broadcast(&condition)
+                pthread_cond_broadcast(condition)
             } else {
-                pthread_cond_wait(&condition, &mutex)
+                pthread_cond_wait(condition, mutex)
             }
         }
         let code = mine.code
-        pthread_mutex_unlock(&mutex)
+        pthread_mutex_unlock(mutex)
         return code
     }
 }
