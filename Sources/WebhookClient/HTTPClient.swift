@@ -173,8 +173,7 @@ public final class HTTPConnection {
         let reused = fd >= 0
         do {
             return try attempt(request, deadline: deadline, isHead: method == "HEAD")
-        } catch .transport(let why) where reused {
-            _ = why
+        } catch .transport where reused {
             close()
             return try attempt(request, deadline: deadline, isHead: method == "HEAD")
         }

@@ -40,7 +40,7 @@ public struct SpoolStatus {
                     let log = AttemptLog(spoolDir: spoolDir)
                     for id in names {
                         if (log.entries(id).last?.nextAt ?? 0) <= nowSeconds { s.deferredDue += 1 }
-                        if oldestId == nil || id < oldestId! { oldestId = id }
+                        if oldestId.map({ id < $0 }) ?? true { oldestId = id }
                     }
                 }
             }
