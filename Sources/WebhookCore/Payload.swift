@@ -69,17 +69,24 @@ public enum PayloadParser {
     public static let maxDepth = 512
     /// The paths always watched.
     public static let standardPaths = ["event", "timestamp", "organizationId", "data.id"]
+    private static let standardWatched = watchedPaths(standardPaths)
 
-    /// Parses `body`, also extracting `extraPaths` (dotted object paths).
-    public static func parse(_ body: UnsafeRawBufferPointer, extraPaths: [String] = []) throws(PayloadError) -> Payload {
-        var watched = Set(standardPaths + extraPaths)
-        for path in standardPaths + extraPaths {
+    /// `paths` and every prefix of them (`data` for `data.id`), which are checked for duplicates too.
+    static func watchedPaths(_ paths: [String]) -> Set<String> {
+        var watched = Set(paths)
+        for path in paths {
             var parts = path.split(separator: ".", omittingEmptySubsequences: false)
             while parts.count > 1 {
                 parts.removeLast()
                 watched.insert(parts.joined(separator: "."))
             }
         }
+        return watched
+    }
+
+    /// Parses `body`, also extracting `extraPaths` (dotted object paths).
+    public static func parse(_ body: UnsafeRawBufferPointer, extraPaths: [String] = []) throws(PayloadError) -> Payload {
+        let watched = extraPaths.isEmpty ? standardWatched : watchedPaths(standardPaths + extraPaths)
         var scanner = JSONScanner(body, watched: watched)
         let found = try scanner.run()
         guard case .string(let event)? = found["event"], !event.isEmpty else { throw .missingEvent }
