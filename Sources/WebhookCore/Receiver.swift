@@ -20,11 +20,14 @@ public struct IncomingRequest: Sendable {
     public var remoteAddr: String
     /// The front end's request id (nginx `$request_id`), when passed on.
     public var requestId: String?
+    /// Which endpoint the front end routed here: nil or "" for the webhook,
+    /// "health" for the health answer (the snippet's `WEBHOOK_ENDPOINT` param).
+    public var endpoint: String?
 
     /// Creates a request description.
     public init(
         method: String, contentLength: String?, signature: String?, contentType: String? = nil, userAgent: String? = nil,
-        remoteAddr: String = "", requestId: String? = nil
+        remoteAddr: String = "", requestId: String? = nil, endpoint: String? = nil
     ) {
         self.method = method
         self.contentLength = contentLength
@@ -33,6 +36,7 @@ public struct IncomingRequest: Sendable {
         self.userAgent = userAgent
         self.remoteAddr = remoteAddr
         self.requestId = requestId
+        self.endpoint = endpoint
     }
 }
 
@@ -123,7 +127,7 @@ public final class Receiver: Sendable {
         self.clock = clock
     }
 
-    private func errorResponse(
+    func errorResponse(
         _ status: Int, _ outcome: String, _ message: String, requestId: String, event: String? = nil,
         key: String? = nil, detail: String? = nil
     ) -> Response {
@@ -145,6 +149,7 @@ public final class Receiver: Sendable {
     public func handle(_ request: IncomingRequest, body source: inout some BodySource) -> Response {
         let deadline = Deadline(millisecondsFromNow: config.ackDeadlineMilliseconds)
         let requestId = Self.sanitizedRequestId(request.requestId)
+        if request.endpoint == "health" { return health(request, requestId: requestId) }
         guard request.method == "POST" else {
             return errorResponse(405, "method_not_allowed", "only POST is accepted", requestId: requestId)
         }

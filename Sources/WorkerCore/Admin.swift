@@ -45,7 +45,7 @@ public struct SpoolStatus {
                 }
             }
         }
-        if let oldestId, let micros = Int64(oldestId.prefix(16)) {
+        if let oldestId, let micros = Spool.receivedMicros(ofId: oldestId) {
             s.oldestWaitingSeconds = max(0, nowSeconds - micros / 1_000_000)
         }
         s.lastRun = WorkerFiles(spoolDir: spoolDir).read("last-run")

@@ -22,7 +22,7 @@ func serveCGI(receiver: Receiver, logger: Logger) -> Int32 {
         method: env("REQUEST_METHOD") ?? "", contentLength: env("CONTENT_LENGTH"),
         signature: env("HTTP_X_WEBHOOK_SIGNATURE"), contentType: env("CONTENT_TYPE"),
         userAgent: env("HTTP_USER_AGENT"), remoteAddr: env("REMOTE_ADDR") ?? "",
-        requestId: env("REQUEST_ID") ?? env("HTTP_X_REQUEST_ID"))
+        requestId: env("REQUEST_ID") ?? env("HTTP_X_REQUEST_ID"), endpoint: env("WEBHOOK_ENDPOINT"))
     var body = FileDescriptorBody(fd: 0)
     let response = receiver.handle(request, body: &body)
     let bytes = response.cgiBytes()

@@ -114,7 +114,7 @@ final class FastCGIServer: @unchecked Sendable {
             method: param("REQUEST_METHOD") ?? "", contentLength: param("CONTENT_LENGTH"),
             signature: param("HTTP_X_WEBHOOK_SIGNATURE"), contentType: param("CONTENT_TYPE"),
             userAgent: param("HTTP_USER_AGENT"), remoteAddr: param("REMOTE_ADDR") ?? "",
-            requestId: param("REQUEST_ID") ?? param("HTTP_X_REQUEST_ID"))
+            requestId: param("REQUEST_ID") ?? param("HTTP_X_REQUEST_ID"), endpoint: param("WEBHOOK_ENDPOINT"))
         var body = FastCGIBody(stream: request.pointee.in)
         let response = receiver.handle(incoming, body: &body)
         let bytes = response.cgiBytes()
@@ -124,6 +124,8 @@ final class FastCGIServer: @unchecked Sendable {
             }
         }
         let flushed = written == Int32(bytes.count) && FCGX_FFlush(request.pointee.out) == 0
+        // A monitor polling a healthy endpoint would fill the log with nothing.
+        if flushed && response.outcome == "healthy" { return }
         var fields = Receiver.logFields(response, latencyMilliseconds: Double(monotonicNanos() - started) / 1e6)
         if !flushed { fields.append(("write_error", .string("the answer could not be sent to the web server"))) }
         logger.log(response.status < 500 && flushed ? "info" : "error", "request", fields)

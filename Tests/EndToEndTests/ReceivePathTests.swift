@@ -147,6 +147,35 @@ func json(_ r: HTTPResponse) -> [String: Any] {
         #expect(stack.handlerLog.contains("\"status\":503"))
     }
 
+    @Test func theHealthEndpointReportsTheSpoolThroughTheSnippet() throws {
+        let stack = try ReceiverStack()
+        defer { stack.stop() }
+        let healthURL = HTTPURL(stack.url + "/health")!
+        let healthy = try HTTPConnection(url: healthURL).send(method: "GET")
+        #expect(healthy.status == 200, "\(healthy.text)")
+        #expect(json(healthy)["spool_writable"] as? Bool == true)
+        #expect(json(healthy)["oldest_waiting_seconds"] is NSNull)
+        #expect(try stack.deliver(EventSamples.payload(type: "order.created")).status == 200)
+        let waiting = try HTTPConnection(url: healthURL).send(method: "GET")
+        #expect((json(waiting)["oldest_waiting_seconds"] as? Int).map { $0 >= 0 && $0 < 120 } == true, "\(waiting.text)")
+        // A POST to the health location is not taken for an event.
+        let posted = try HTTPConnection(url: healthURL).send(method: "POST", body: EventSamples.payload(type: "order.created"))
+        #expect(posted.status == 405)
+        #expect(stack.waitingFiles.count == 1)
+        if ReadOnlyDirectory.supported {
+            try ReadOnlyDirectory.lock(stack.spoolDir + "/tmp")
+            let unwritable = try HTTPConnection(url: healthURL).send(method: "GET")
+            try ReadOnlyDirectory.unlock(stack.spoolDir + "/tmp")
+            #expect(unwritable.status == 503, "\(unwritable.text)")
+            #expect(json(unwritable)["spool_writable"] as? Bool == false)
+        }
+        // With the handler gone, nginx answers for it: 503, never a 502.
+        _ = stack.stopHandler()
+        let gone = try HTTPConnection(url: healthURL).send(method: "GET")
+        #expect(gone.status == 503)
+        #expect(json(gone)["error"] as? String == "unavailable")
+    }
+
     @Test(.enabled(if: nodeBinary != nil, "node is not installed; the sender's reference computation cannot be run"))
     func theSendersReferenceComputationIsAccepted() throws {
         let node = try #require(nodeBinary)

@@ -347,3 +347,73 @@ final class Harness: @unchecked Sendable {
         #expect(h.send(h.body(), receiver: receiver).outcome == "accepted")
     }
 }
+
+@Suite struct HealthTests {
+    func health(_ h: Harness, method: String = "GET", receiver: Receiver? = nil) -> (Response, [String: Any]) {
+        let request = IncomingRequest(method: method, contentLength: nil, signature: nil, endpoint: "health")
+        var source = BytesBody([])
+        let r = (receiver ?? h.receiver).handle(request, body: &source)
+        let object = (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:]
+        return (r, object)
+    }
+
+    @Test func anEmptyWritableSpoolIsHealthyWithNothingWaiting() {
+        let h = Harness()
+        let (r, object) = health(h)
+        #expect(r.status == 200)
+        #expect(object["status"] as? String == "ok")
+        #expect(object["spool_writable"] as? Bool == true)
+        #expect((object["free_bytes"] as? Int ?? 0) > 0)
+        #expect(object["oldest_waiting_seconds"] is NSNull)
+        // The probe leaves nothing behind.
+        #expect(filesUnder(h.dir.at("tmp")).isEmpty)
+    }
+
+    @Test func theOldestWaitingAgeCountsFromTheOldestEvent() throws {
+        let h = Harness()
+        #expect(h.send(h.body(id: "a")).outcome == "accepted")
+        // Ten minutes later, a second event arrives; the oldest is still the first.
+        let later = Receiver(
+            config: h.config, secrets: [h.secret], spool: Spool(root: h.dir.path),
+            clock: .fixed(h.nowMicros + 600_000_000))
+        #expect(h.send(h.body(id: "b"), receiver: later).outcome == "accepted")
+        let (r, object) = health(h, receiver: later)
+        #expect(r.status == 200)
+        #expect(object["oldest_waiting_seconds"] as? Int == 600)
+        // A deferred event older still is the oldest.
+        let deferredId = Spool.newId(receivedAtMicros: h.nowMicros - 3_600_000_000)
+        try Data("x".utf8).write(to: URL(fileURLWithPath: h.dir.at("defer/" + deferredId)))
+        #expect(health(h, receiver: later).1["oldest_waiting_seconds"] as? Int == 4200)
+    }
+
+    @Test func aSpoolThatCannotBeWrittenIsUnhealthy() {
+        let h = Harness()
+        let plan = FaultPlan(failing: .open, code: EROFS)
+        h.fs = plan.fileOps
+        let (r, object) = health(h)
+        #expect(plan.didFire)
+        #expect(r.status == 503)
+        #expect(r.headers.contains { $0 == ("Retry-After", "60") })
+        #expect(object["status"] as? String == "unavailable")
+        #expect(object["spool_writable"] as? Bool == false)
+        #expect((object["message"] as? String ?? "").contains("Read-only file system"))
+    }
+
+    @Test func belowTheFreeSpaceFloorIsUnhealthy() {
+        let h = Harness { $0.minFreeBytes = Int.max / 2 }
+        let (r, object) = health(h)
+        #expect(r.status == 503)
+        #expect(object["spool_writable"] as? Bool == true)
+        #expect((object["message"] as? String ?? "").contains("low disk space"))
+    }
+
+    @Test func onlyGetAndHeadAreAnswered() {
+        let h = Harness()
+        #expect(health(h, method: "HEAD").0.status == 200)
+        let (r, _) = health(h, method: "POST")
+        #expect(r.status == 405)
+        #expect(r.headers.contains { $0 == ("Allow", "GET, HEAD") })
+        // The webhook itself still refuses GET.
+        #expect(h.send([], method: "GET").status == 405)
+    }
+}
