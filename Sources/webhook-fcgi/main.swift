@@ -6,44 +6,88 @@ import Glibc
 import WebhookCore
 
 let usage = """
-    Usage: webhook-fcgi [--config FILE] [--listen PATH] [--threads N] [--check]
+    NAME
+        webhook-fcgi - receive Installer.com webhooks behind nginx, durably
 
-    Receives Installer.com webhooks behind nginx: verifies X-Webhook-Signature
-    over the raw body, drops duplicates, and answers 2xx only once the event is
-    durably in the spool.
+    SYNOPSIS
+        webhook-fcgi [--config FILE] [--threads N]
+        webhook-fcgi --listen PATH [--config FILE] [--threads N]
+        webhook-fcgi --check [--config FILE]
 
-    Modes:
-      (default)        FastCGI on file descriptor 0, as spawn-fcgi or systemd
-                       (StandardInput=socket) provide it; run from a CGI host
-                       (fcgiwrap, ...) it answers the one request in its
-                       environment and exits.
-      --listen PATH    bind a Unix socket at PATH (mode 0660) and serve FastCGI on it.
-      --check          validate the configuration, create the spool tree, print
-                       a summary and exit.
+    DESCRIPTION
+        Verifies X-Webhook-Signature (HMAC-SHA256 of the raw body) on each POST that nginx
+        passes over FastCGI, drops deliveries already accepted, writes the event to the spool
+        and makes it durable, and only then answers 200. Every failure has its own status:
+        405, 413, 400 (bad_length, bad_payload, replay), 401, and 503 with Retry-After when
+        the event could not be made durable. A GET routed with WEBHOOK_ENDPOINT=health (the
+        nginx snippet's /webhooks/installer/health) reports whether the spool can take events.
 
-    Options:
-      --config FILE    KEY=VALUE settings (systemd EnvironmentFile= format);
-                       they win over the same variables in the environment.
-      --threads N      requests served at once (default WEBHOOK_THREADS or 16).
-      -h, --help       this text.
-      --version        print the version.
+        By default FastCGI is served on file descriptor 0, the listening socket that systemd
+        (StandardInput=socket) or spawn-fcgi provides; run from a CGI host (fcgiwrap, ...) it
+        answers the one request in its environment and exits. SIGTERM or SIGINT stops
+        accepting, lets the requests in flight finish, and exits 0.
 
-    Settings (environment or --config):
-      WEBHOOK_SECRET_FILE       required; one secret per line, first signs, all verify
-      WEBHOOK_SPOOL_DIR         required; created (0700) when missing
-      WEBHOOK_MAX_BODY_BYTES    default 1M
-      WEBHOOK_DEDUPE_RETENTION  default 7d; older timestamps are refused as replays
-      WEBHOOK_DEDUPE_FIELDS     default: SHA-256 of the body; or e.g. event,data.id,timestamp
-      WEBHOOK_ACK_DEADLINE      default 3s; past it the answer is 503
-      WEBHOOK_MIN_FREE_BYTES    default 16M; below it the answer is 503 before anything is written
-      WEBHOOK_DURABILITY        group (default: concurrent requests share one flush) | request
-                                (one fsync per file and directory) | off (needs WEBHOOK_UNSAFE=1; benchmarks only)
+    OPTIONS
+        --config FILE
+            KEY=VALUE settings in systemd's EnvironmentFile= format; they win over the same
+            variables in the environment.
+        --listen PATH
+            bind a Unix socket at PATH (mode 0660) and serve FastCGI on it.
+        --threads N
+            requests served at once, 1 to 1024 (default WEBHOOK_THREADS or 16).
+        --check
+            validate the configuration, create the spool tree, print a summary and exit.
+        -h, --help
+            this text.
+        --version
+            print the version.
 
-    Exit status: 0 after a clean stop, 64 bad usage, 78 bad configuration,
-    73 spool cannot be created, 71 a system call failed at start-up.
+    ENVIRONMENT
+        WEBHOOK_SECRET_FILE
+            required; one secret per line, the first signs, all verify (rotation).
+        WEBHOOK_SPOOL_DIR
+            required; the spool root on a local file system, created 0700 when missing.
+        WEBHOOK_MAX_BODY_BYTES
+            largest body accepted (default 1M); keep nginx's client_max_body_size equal.
+        WEBHOOK_DEDUPE_RETENTION
+            how long a delivery is remembered, and how far a timestamp may be from now (default 7d).
+        WEBHOOK_DEDUPE_FIELDS
+            payload paths the dedupe key is made from, e.g. event,data.id,timestamp
+            (default: the SHA-256 of the body).
+        WEBHOOK_ACK_DEADLINE
+            answer 503 rather than run past this (default 3s; must stay under 5s).
+        WEBHOOK_THREADS
+            requests served at once (default 16).
+        WEBHOOK_MIN_FREE_BYTES
+            below this much free space on the spool the answer is 503 before anything is
+            written (default 16M; 0 turns it off).
+        WEBHOOK_DURABILITY
+            group (default: concurrent requests share one flush), request (an fsync of each file
+            and its directory), or off (no fsync; refused unless WEBHOOK_UNSAFE=1; benchmarks only).
+
+    FILES
+        /etc/installer-webhooks/env
+            the settings file of an installed host.
+        /var/spool/installer-webhooks
+            the spool of an installed host: new/ holds accepted events until the worker takes them.
+        /run/installer-webhooks/fcgi.sock
+            the socket the nginx snippet connects to.
+
+    EXIT STATUS
+        0 after a clean stop, 64 bad usage, 78 bad configuration, 73 the spool cannot be
+        created, 71 a system call failed (at start-up, or the listening socket failed).
+
+    EXAMPLES
+        Check an installed configuration:
+        $ webhook-fcgi --check --config /etc/installer-webhooks/env
+        Serve on a socket of its own, for a test:
+        $ WEBHOOK_SECRET_FILE=secret WEBHOOK_SPOOL_DIR=spool webhook-fcgi --listen /tmp/fcgi.sock
+
+    SEE ALSO
+        webhook-worker(8), webhook-loadtest(1), /usr/share/doc/installer-webhooks/README.md.gz
     """
 
-let version = "0.1.0"
+let version = installerWebhooksVersion
 
 func fail(_ code: Int32, _ message: String) -> Never {
     let line = "webhook-fcgi: \(message)\n"

@@ -5,47 +5,93 @@ import WebhookClient
 import WebhookCore
 
 let usage = """
-    Usage:
-      webhook-loadtest run  --url URL --secret-file FILE [options]
-      webhook-loadtest send --url URL --secret-file FILE [--event TYPE | --body FILE] [--retry-schedule]
-      webhook-loadtest fill --spool DIR [--events N] [--markers M]
+    NAME
+        webhook-loadtest - signed load, capacity search and test deliveries for a webhook endpoint
 
-    run     Signed load with acknowledgement latency measured against the sender's budget.
-      --rate R             open loop: R requests/s in total, each on a fixed schedule, latency
-                           measured from its scheduled time (a stall cannot hide); without --rate,
-                           closed loop: each connection sends again as soon as it is answered
-      --connections C      keep-alive connections, one thread each (default 32)
-      --duration D         measured time (default 10s); durations read 5s, 500ms, 2m, or seconds
-      --warmup D           sent but not measured, before the measured time (default 0)
-      --duplicates F       share of requests that re-send an earlier event byte for byte (0..1)
-      --mix T1,T2,...      event types to draw from (default all twelve of the reference)
-      --budget D           the sender's budget (default 5s)
-      --timeout D          a request with no answer after this long is a timeout (default 2 x budget)
-      --json FILE          write the figures and the histogram as JSON
-      --plot FILE          write an SVG: percentile curve and latency over time
-      --verify-spool DIR   afterwards, check the spool holds every accepted event once and nothing foreign
-      --find-capacity      step the rate up (from --rate, default 50/s, x1.5 per step of --duration)
-                           until p99 passes --target or errors appear; report the highest rate that held
-      --target D           p99 target for --find-capacity (default 1s)
+    SYNOPSIS
+        webhook-loadtest run --url URL --secret-file FILE [options]
+        webhook-loadtest send --url URL --secret-file FILE [--event TYPE | --body FILE] [--retry-schedule]
+        webhook-loadtest fill --spool DIR [--events N] [--markers M]
 
-    send    One signed delivery, as Installer.com sends it (the local "test button").
-      --event TYPE         a fresh sample of TYPE (default order.created); one of:
-                           \(EventSamples.types.joined(separator: " "))
-      --body FILE          send FILE's bytes exactly instead
-      --retry-schedule     on a non-2xx or no answer, retry as the sender does (after 1m, 5m, 30m,
-                           2h, 12h) and report which attempt succeeded
-      --time-scale S       multiply the retry delays by S (e.g. 0.001: 1 min becomes 60 ms)
-      --timeout D          per attempt (default 10s)
+    DESCRIPTION
+        run sends signed Installer.com events and measures each acknowledgement against the
+        sender's budget. With --rate the load is open loop: every request has a fixed
+        scheduled send time and its latency counts from that time, so a stalled server shows
+        the stall in every request that waited for it. Without --rate, each connection sends
+        again as soon as it is answered. The report gives throughput, p50/p90/p99/p99.9/max,
+        status counts, duplicates answered as duplicates, timeouts, transport errors and a
+        verdict against the budget.
 
-    fill    Benchmark set-up: write N waiting events (spread over minute buckets, each with the
-            marker the receive path leaves) and M further dedupe markers straight into a spool,
-            without HTTP and without fsync.
+        send makes one signed delivery, as Installer.com does, and prints the status, the
+        latency and the answer: the local twin of the sender's test button.
 
-    Common: --url URL (default http://127.0.0.1:8080/webhooks/installer), --secret-file FILE
-    (default $WEBHOOK_SECRET_FILE; the first secret signs), -h/--help.
+        fill writes N waiting events (each with the marker the receive path leaves) and M
+        further dedupe markers straight into a spool, without HTTP and without fsync, to
+        measure a large spool.
 
-    Exit status: 0 when every request got a 2xx within the budget (send: a 2xx), 1 otherwise,
-    2 on bad usage.
+    OPTIONS
+        --url URL
+            the endpoint (default http://127.0.0.1:8080/webhooks/installer).
+        --secret-file FILE
+            the secrets, one per line; the first signs (default WEBHOOK_SECRET_FILE).
+        --rate R
+            run: R requests/s in total, open loop.
+        --connections C
+            run: keep-alive connections, one thread each (default 32).
+        --duration D
+            run: measured time (default 10s); durations read 5s, 500ms, 2m, or seconds.
+        --warmup D
+            run: sent but not measured, before the measured time (default 0).
+        --duplicates F
+            run: share of requests (0 to 1) that re-send an earlier event byte for byte.
+        --mix T1,T2,...
+            run: event types to draw from (default all twelve of the reference).
+        --budget D
+            run: the sender's budget (default 5s).
+        --timeout D
+            a request with no answer after this long is a timeout (run: 2 x budget; send: 10s).
+        --json FILE
+            run: write the figures and the histogram as JSON.
+        --plot FILE
+            run: write an SVG with the percentile curve and latency over time.
+        --verify-spool DIR
+            run: afterwards, check that the spool holds every accepted event exactly once and
+            nothing the run did not send (needs a spool no worker deletes from meanwhile).
+        --find-capacity
+            run: step the rate up (from --rate, default 50/s, x1.5 per step of --duration) until
+            p99 passes --target or errors appear; report the highest rate that held.
+        --target D
+            run: the p99 target of --find-capacity (default 1s).
+        --event TYPE
+            send: a fresh sample of TYPE (default order.created); one of
+            \(EventSamples.types.joined(separator: " ")).
+        --body FILE
+            send: FILE's bytes exactly instead of a sample.
+        --retry-schedule
+            send: on a non-2xx or no answer, retry as the sender does (after 1m, 5m, 30m, 2h,
+            12h) and report which attempt succeeded.
+        --time-scale S
+            send: multiply the retry delays by S (0.001 makes 1 min 60 ms).
+        --spool DIR, --events N, --markers M
+            fill: the spool, and how many events and extra markers to write.
+        -h, --help
+            this text.
+        --version
+            print the version.
+
+    EXIT STATUS
+        0 when every request got a 2xx within the budget (send: a 2xx), 1 otherwise, 2 on bad usage.
+
+    EXAMPLES
+        A test delivery to an installed host:
+        $ webhook-loadtest send --url https://example.com/webhooks/installer --secret-file /etc/installer-webhooks/secret
+        500 events/s for 30 s, 5 % of them repeats, with a plot:
+        $ webhook-loadtest run --url http://127.0.0.1:8080/webhooks/installer --secret-file secret --rate 500 --duration 30s --duplicates 0.05 --plot run.svg
+        The highest rate with p99 under 1 s:
+        $ webhook-loadtest run --url http://127.0.0.1:8080/webhooks/installer --secret-file secret --find-capacity
+
+    SEE ALSO
+        webhook-fcgi(8), webhook-worker(8)
     """
 
 func die(_ message: String) -> Never {
@@ -288,6 +334,9 @@ case "send": exit(runSend(arguments.dropFirst(2)))
 case "fill": exit(runFill(arguments.dropFirst(2)))
 case "-h", "--help", "help":
     print(usage)
+    exit(0)
+case "--version":
+    print("webhook-loadtest \(installerWebhooksVersion)")
     exit(0)
 default: die("unknown command \(arguments[1])\n\(usage)")
 }

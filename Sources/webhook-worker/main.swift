@@ -7,43 +7,103 @@ import WebhookCore
 import WorkerCore
 
 let usage = """
-    Usage: webhook-worker COMMAND [--config FILE] [options]
+    NAME
+        webhook-worker - hand spooled Installer.com events to their handlers, and inspect the spool
 
-    Commands:
-      drain     hand waiting events to handlers, oldest first, then exit
-      status    counts per state, oldest waiting age, last run, failures in 24 h
-      failed    dead-lettered events with the reason of their last attempt
-      retry     ID... | --all   move dead-lettered (or skipped) events back to waiting
-      prune     remove dedupe markers past retention, stale tmp/ files, old skipped/ and done/ files
+    SYNOPSIS
+        webhook-worker drain [--config FILE] [--exec CMD | --forward URL] [options]
+        webhook-worker status [--config FILE] [--json]
+        webhook-worker failed [--config FILE] [--json]
+        webhook-worker retry [--config FILE] [--json] ID... | --all
+        webhook-worker prune [--config FILE] [--json]
 
-    drain options:
-      --exec CMD           run CMD with /bin/sh -c, the raw body on stdin and WEBHOOK_ID, WEBHOOK_EVENT,
-                           WEBHOOK_ATTEMPT, WEBHOOK_RECEIVED_AT, WEBHOOK_ORGANIZATION_ID in its environment;
-                           exit 0 is success, anything else is retried (default WEBHOOK_EXEC)
-      --forward URL        POST the raw body with its original X-Webhook-Signature and X-Webhook-Id
-                           to an http:// URL; 2xx is success (default WEBHOOK_FORWARD)
-      --max-seconds N      stop claiming after N seconds (default 50, so a minutely cron never piles up)
-      --timeout DURATION   kill a handler's process group after this long (default 30s)
-      --attempts N         attempts before an event moves to failed/ (default 8)
-      --concurrency N      handlers at once; one entity's events never run at once (default 4)
-      --metrics-file FILE  write Prometheus text-format metrics after the run (node_exporter textfile)
+    DESCRIPTION
+        drain takes the spool's run lock (a second overlapping run says so and exits 0), takes
+        back the claims of a run that died, then hands waiting events to their handlers oldest
+        first, and stops claiming after --max-seconds or when nothing is due. It runs from a
+        systemd timer (webhook-worker.timer) or cron. Events about one entity (organizationId
+        and data.id) reach the handler in arrival order; a handler that succeeded for a dedupe
+        key is never run again for it. A failure is retried after 1m x 3^(n-1), at most 6h,
+        spread by 20 % (1m, 3m, 9m, 27m, 81m, 4h03m, 6h: about 12 h over 8 attempts); after
+        the last attempt the event moves to failed/ with its attempt log. An event no route
+        matches moves to skipped/; an unreadable file to quarantine/, never deleted.
 
-    Routes by event type come from the configuration, most specific first, e.g.
-      WEBHOOK_ROUTE_ORDERS=order.* exec /usr/local/bin/on-order
-      WEBHOOK_ROUTE_CANCEL=booking.cancelled forward http://127.0.0.1:9000/cancelled
-    An event no route (and no --exec/--forward) matches is moved to skipped/, not failed.
+        status shows counts per state, the oldest waiting age, the last run and the failures
+        of the last 24 h. failed lists dead-lettered events with the reason of the last
+        attempt. retry moves dead-lettered (or skipped) events back to waiting, due now, with a
+        fresh attempt count. prune removes dedupe markers past retention, stale tmp/ files, and
+        old skipped/ and done/ files (each drain also prunes a slice).
 
-    Retries: after attempt n the next waits 1m x 3^(n-1), at most 6h, spread by +-20%
-    (1m, 3m, 9m, 27m, 81m, 4h03m, 6h: about 12 h over 8 attempts). WEBHOOK_RETRY_BASE and
-    WEBHOOK_RETRY_MAX change the first delay and the cap.
+    OPTIONS
+        --config FILE
+            KEY=VALUE settings (systemd EnvironmentFile= format); WEBHOOK_SPOOL_DIR is required.
+        --exec CMD
+            run CMD with /bin/sh -c, the raw body on stdin and WEBHOOK_ID, WEBHOOK_EVENT,
+            WEBHOOK_ATTEMPT, WEBHOOK_RECEIVED_AT, WEBHOOK_ORGANIZATION_ID, WEBHOOK_ENTITY_ID and
+            WEBHOOK_KEY in its environment, in its own process group; exit 0 is success,
+            anything else is retried (default WEBHOOK_EXEC).
+        --forward URL
+            POST the raw body with its original X-Webhook-Signature and X-Webhook-Id to an
+            http:// URL; a 2xx is success (default WEBHOOK_FORWARD).
+        --max-seconds N
+            stop claiming after N seconds (default 50, so a minutely cron never piles up).
+        --timeout DURATION
+            kill a handler's process group after this long (default 30s).
+        --attempts N
+            attempts before an event moves to failed/ (default 8).
+        --concurrency N
+            handlers at once; one entity's events never run at once (default 4).
+        --metrics-file FILE
+            write Prometheus text-format metrics after the run (node_exporter's textfile collector).
+        --json
+            status, failed, retry, prune: machine-readable output.
+        --all
+            retry: every dead-lettered and skipped event.
+        -h, --help
+            this text.
+        --version
+            print the version.
 
-    Common options:
-      --config FILE        KEY=VALUE settings (systemd EnvironmentFile= format); WEBHOOK_SPOOL_DIR is required
-      --json               status, failed, retry, prune: machine-readable output
-      -h, --help           this text
+    ENVIRONMENT
+        WEBHOOK_EXEC, WEBHOOK_FORWARD
+            the handler for events no route matches.
+        WEBHOOK_ROUTE_NAME
+            a route: PATTERN exec COMMAND or PATTERN forward URL, the most specific pattern
+            winning, e.g. WEBHOOK_ROUTE_ORDERS=order.* exec /usr/local/bin/on-order.
+        WEBHOOK_WORKER_ATTEMPTS, WEBHOOK_WORKER_TIMEOUT, WEBHOOK_WORKER_CONCURRENCY
+            defaults of --attempts, --timeout and --concurrency.
+        WEBHOOK_WORKER_MAX_SECONDS
+            default of --max-seconds.
+        WEBHOOK_RETRY_BASE, WEBHOOK_RETRY_MAX
+            the first retry delay and the cap (default 1m and 6h).
+        WEBHOOK_KEEP_DONE
+            handled events kept in done/ (default 0).
+        WEBHOOK_METRICS_FILE
+            default of --metrics-file.
 
-    Exit status: 0 done (also when another drain is running), 64 bad usage, 78 bad configuration,
-    73 spool cannot be created, 1 retry could not move every id.
+    FILES
+        /etc/installer-webhooks/env
+            the settings file of an installed host.
+        SPOOL/worker/drain.lock
+            the run lock; SPOOL/worker/ also holds the counters and the last run.
+        SPOOL/failed/, SPOOL/attempts/
+            dead-lettered events, and each event's attempt log.
+
+    EXIT STATUS
+        0 done (also when another drain is running), 64 bad usage, 78 bad configuration,
+        73 the spool cannot be created, 1 retry could not move every id.
+
+    EXAMPLES
+        Drain once into a command:
+        $ webhook-worker drain --config /etc/installer-webhooks/env --exec /usr/local/bin/on-event
+        What is waiting, and what failed:
+        $ webhook-worker status --config /etc/installer-webhooks/env
+        $ webhook-worker failed --config /etc/installer-webhooks/env
+        Try every dead-lettered event again:
+        $ webhook-worker retry --all --config /etc/installer-webhooks/env
+
+    SEE ALSO
+        webhook-fcgi(8), webhook-loadtest(1), /usr/share/doc/installer-webhooks/README.md.gz
     """
 
 func fail(_ code: Int32, _ message: String) -> Never {
@@ -72,6 +132,10 @@ func parse(_ args: [String]) -> Options {
     o.command = args[1]
     if ["-h", "--help", "help"].contains(o.command) {
         print(usage)
+        exit(0)
+    }
+    if o.command == "--version" {
+        print("webhook-worker \(installerWebhooksVersion)")
         exit(0)
     }
     guard ["drain", "status", "failed", "retry", "prune"].contains(o.command) else {

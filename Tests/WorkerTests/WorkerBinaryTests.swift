@@ -109,7 +109,7 @@ extension WorkerHarness {
 
     @Test func usageErrorsAndHelp() throws {
         let h = WorkerHarness()
-        #expect(try h.worker(["--help"]).out.contains("Usage: webhook-worker COMMAND"))
+        #expect(try h.worker(["--help"]).out.contains("webhook-worker drain [--config FILE]"))
         #expect(try h.worker(["drain"]).status == 64)
         #expect(try h.worker(["retry"]).status == 64)
         #expect(try h.worker(["frobnicate"]).status == 64)
