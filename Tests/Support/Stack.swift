@@ -110,6 +110,38 @@ public enum HandlerLaunch: Sendable {
     case listen
     /// `spawn-fcgi -n`, which binds the socket and hands it over as fd 0.
     case spawnFCGI
+    /// As systemd's socket activation does it: the stack binds the socket
+    /// once and keeps it open, and each start of the handler gets it as fd 0
+    /// (StandardInput=socket), so it outlives restarts.
+    case socketActivated
+}
+
+/// A listening Unix socket at `path` (mode 0660) with `backlog`, as a socket unit makes it.
+public func listenUnixSocket(_ path: String, backlog: Int32 = 4096) throws -> Int32 {
+    unlink(path)
+    // Close-on-exec: only the handler gets it, as its fd 0.
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { throw StackError(description: "socket: \(String(cString: strerror(errno)))") }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+        close(fd)
+        throw StackError(description: "socket path too long: \(path)")
+    }
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        for (i, b) in bytes.enumerated() { raw[i] = b }
+        raw[bytes.count] = 0
+    }
+    let bound = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard bound == 0, chmod(path, 0o660) == 0, listen(fd, backlog) == 0 else {
+        let e = errno
+        close(fd)
+        throw StackError(description: "bind/listen \(path): \(String(cString: strerror(e)))")
+    }
+    return fd
 }
 
 /// webhook-fcgi and nginx, started for one test and stopped by ``stop()``.
@@ -132,6 +164,10 @@ public final class ReceiverStack: @unchecked Sendable {
     private let handlerLogPath: String
     private let settings: [String: String]
     private let launch: HandlerLaunch
+    /// The socket held for `.socketActivated` launches.
+    private var heldSocket: Int32 = -1
+    /// The webhook-fcgi program each start runs (an upgrade test replaces it).
+    public var handlerBinary = Paths.binary("webhook-fcgi")
 
     /// The webhook endpoint.
     public var url: String { "http://127.0.0.1:\(port)/webhooks/installer" }
@@ -173,15 +209,20 @@ public final class ReceiverStack: @unchecked Sendable {
 
     /// Starts (or restarts) webhook-fcgi and waits for its socket.
     public func startHandler() throws {
-        unlink(socketPath)
         let p = Process()
         switch launch {
         case .listen:
-            p.executableURL = URL(fileURLWithPath: Paths.binary("webhook-fcgi"))
+            unlink(socketPath)
+            p.executableURL = URL(fileURLWithPath: handlerBinary)
             p.arguments = ["--listen", socketPath]
         case .spawnFCGI:
+            unlink(socketPath)
             p.executableURL = URL(fileURLWithPath: "/usr/bin/spawn-fcgi")
-            p.arguments = ["-n", "-s", socketPath, "-M", "0660", "--", Paths.binary("webhook-fcgi")]
+            p.arguments = ["-n", "-s", socketPath, "-M", "0660", "--", handlerBinary]
+        case .socketActivated:
+            if heldSocket < 0 { heldSocket = try listenUnixSocket(socketPath) }
+            p.executableURL = URL(fileURLWithPath: handlerBinary)
+            p.standardInput = FileHandle(fileDescriptor: heldSocket, closeOnDealloc: false)
         }
         p.environment = handlerEnvironment
         if !FileManager.default.fileExists(atPath: handlerLogPath) {
@@ -254,6 +295,8 @@ public final class ReceiverStack: @unchecked Sendable {
             p.waitUntilExit()
         }
         nginx = nil
+        if heldSocket >= 0 { close(heldSocket) }
+        heldSocket = -1
         dir.remove()
     }
 }
