@@ -76,6 +76,7 @@ let usage = """
     EXIT STATUS
         0 after a clean stop, 64 bad usage, 78 bad configuration, 73 the spool cannot be
         created, 71 a system call failed (at start-up, or the listening socket failed).
+        Started as root on a spool that belongs to another user, it first becomes that user.
 
     EXAMPLES
         Check an installed configuration:
@@ -154,6 +155,17 @@ do {
     let (loaded, warnings) = try ReceiverConfig.load(environment: currentEnvironment(), configFile: options.configFile)
     config = loaded
     for w in warnings { logger.log("warn", w) }
+} catch {
+    fail(78, error.description)
+}
+// Started as root on a spool that belongs to the service user: become that
+// user before anything is read or created.
+do {
+    _ = try becomeSpoolOwner(spoolDir: config.spoolDir)
+} catch {
+    fail(71, "cannot become the spool's owner: \(error)")
+}
+do {
     secrets = try config.loadSecrets()
 } catch {
     fail(78, error.description)

@@ -91,7 +91,9 @@ let usage = """
 
     EXIT STATUS
         0 done (also when another drain is running), 64 bad usage, 78 bad configuration,
-        73 the spool cannot be created, 1 retry could not move every id.
+        73 the spool cannot be created, 71 the spool's owner could not be taken on, 1 retry
+        could not move every id. Run as root on a spool that belongs to another user, every
+        command first becomes that user, so nothing it creates is left owned by root.
 
     EXAMPLES
         Drain once into a command:
@@ -218,6 +220,13 @@ if let v = options.concurrency { config.concurrency = v }
 if let v = options.metricsFile { config.metricsFile = v }
 
 umask(0o077)
+do {
+    // As root on the service user's spool: act as that user, so nothing this
+    // run creates (markers, attempt logs, the run lock) is root's.
+    _ = try becomeSpoolOwner(spoolDir: config.spoolDir)
+} catch {
+    fail(71, "cannot become the spool's owner: \(error)")
+}
 do {
     try Spool(root: config.spoolDir).createTree()
 } catch {

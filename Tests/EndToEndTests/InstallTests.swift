@@ -143,6 +143,24 @@ func install(_ root: String, _ extra: [String] = []) throws -> (status: Int32, o
         #expect(removed.out.contains("still includes it"))
     }
 
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/sbin/logrotate") && geteuid() == 0,
+        "needs logrotate, and root for its su line"))
+    func theLogrotateFileRotatesTheWorkersLog() throws {
+        let dir = TempDirectory("logrotate")
+        defer { dir.remove() }
+        let root = dir.at("root")
+        #expect(try install(root, ["--user", "root"]).status == 0)
+        let logs = root + "/var/log/installer-webhooks"
+        let rules = try #require(text(root + "/etc/logrotate.d/installer-webhooks"))
+        writeFile(dir.at("rules"), rules.replacingOccurrences(of: "/var/log/installer-webhooks", with: logs), mode: 0o644)
+        writeFile(logs + "/worker.log", "{\"msg\":\"drain done\"}\n", mode: 0o640)
+        let r = try run("/usr/sbin/logrotate", ["--force", "--state", dir.at("state"), dir.at("rules")], environment: [:])
+        #expect(r.status == 0, "\(String(decoding: r.stderr, as: UTF8.self))")
+        // copytruncate: the writer's open file keeps its place; the old lines moved on.
+        #expect(text(logs + "/worker.log.1") == "{\"msg\":\"drain done\"}\n")
+        #expect(text(logs + "/worker.log") == "")
+    }
+
     @Test(.enabled(if: systemdAnalyze != nil, "systemd-analyze is not installed"))
     func theUnitFilesPassSystemdAnalyzeVerify() throws {
         let dir = TempDirectory("units")
@@ -240,5 +258,35 @@ let builtPackage: String? = ProcessInfo.processInfo.environment["WEBHOOK_TEST_DE
         #expect(!ldd.contains("swift") && !ldd.contains("not found"), "\(ldd)")
         let version = try run(scratch.at("root/usr/bin/webhook-fcgi"), ["--version"], environment: [:])
         #expect(String(decoding: version.stdout, as: UTF8.self) == "webhook-fcgi \(installerWebhooksVersion)\n")
+    }
+}
+
+@Suite struct SpoolOwnerTests {
+    @Test(.enabled(if: geteuid() == 0, "needs root to hand a spool to another user"))
+    func rootActsAsTheSpoolsOwner() throws {
+        let dir = TempDirectory("owner")
+        defer { dir.remove() }
+        chmod(dir.path, 0o755)
+        let nobody: uid_t = 65534
+        let spool = dir.at("spool")
+        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        chmod(spool, 0o700)
+        chown(spool, nobody, gid_t(nobody))
+        writeFile(dir.at("secret"), "whsec-owner\n", mode: 0o644)
+        let env = ["WEBHOOK_SECRET_FILE": dir.at("secret"), "WEBHOOK_SPOOL_DIR": spool]
+        #expect(try run(Paths.binary("webhook-fcgi"), ["--check"], environment: env).status == 0)
+        #expect(try run(Paths.binary("webhook-worker"), ["status"], environment: env).status == 0)
+        // Everything the two made in the spool belongs to its owner, not to root.
+        let made = try FileManager.default.subpathsOfDirectory(atPath: spool)
+        #expect(made.contains("new") && made.contains("dedupe") && made.contains("worker"), "\(made)")
+        for path in made {
+            var st = stat()
+            #expect(lstat(spool + "/" + path, &st) == 0 && st.st_uid == nobody, "\(path) belongs to \(st.st_uid)")
+        }
+        // A spool root owns stays root's: nothing changes hands.
+        let rootSpool = dir.at("root-spool")
+        #expect(try run(Paths.binary("webhook-fcgi"), ["--check"], environment: ["WEBHOOK_SECRET_FILE": dir.at("secret"), "WEBHOOK_SPOOL_DIR": rootSpool]).status == 0)
+        var st = stat()
+        #expect(stat(rootSpool + "/new", &st) == 0 && st.st_uid == 0)
     }
 }

@@ -160,7 +160,7 @@ public final class ReceiverStack: @unchecked Sendable {
     public private(set) var port = 0
     /// The handler process.
     public private(set) var handler: Process?
-    private var nginx: Process?
+    private var nginx: NginxFront?
     private let handlerLogPath: String
     private let settings: [String: String]
     private let launch: HandlerLaunch
@@ -241,32 +241,9 @@ public final class ReceiverStack: @unchecked Sendable {
     }
 
     private func startNginx(maxBody: String) throws {
-        guard let nginxPath = Paths.nginx else { throw StackError(description: "nginx is not installed (scripts/setup)") }
-        let runDir = dir.at("nginx")
-        try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
-        var lastError = ""
-        for _ in 0..<5 {
-            port = freePort()
-            let rendered = try run(
-                "/bin/bash", [Paths.packageRoot + "/scripts/render-nginx", runDir, "127.0.0.1:\(port)", socketPath, maxBody])
-            guard rendered.status == 0 else {
-                throw StackError(description: "render-nginx failed: \(String(decoding: rendered.stderr, as: UTF8.self))")
-            }
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: nginxPath)
-            p.arguments = ["-p", runDir, "-c", runDir + "/nginx.conf", "-e", runDir + "/nginx-error.log"]
-            p.standardError = FileHandle.nullDevice
-            p.standardOutput = FileHandle.nullDevice
-            try p.run()
-            if waitUntil({ portAnswers(port) || !p.isRunning }) && p.isRunning {
-                nginx = p
-                return
-            }
-            p.terminate()
-            p.waitUntilExit()
-            lastError = (try? String(contentsOfFile: runDir + "/nginx-error.log", encoding: .utf8)) ?? ""
-        }
-        throw StackError(description: "nginx did not start:\n\(lastError)")
+        let front = try NginxFront(socket: socketPath, runDir: dir.at("nginx"), maxBody: maxBody)
+        nginx = front
+        port = front.port
     }
 
     /// What the handler wrote to stderr so far.
@@ -290,13 +267,58 @@ public final class ReceiverStack: @unchecked Sendable {
     /// Stops both and removes the scratch directory.
     public func stop() {
         stopHandler()
-        if let p = nginx {
-            if p.isRunning { kill(p.processIdentifier, SIGTERM) }
-            p.waitUntilExit()
-        }
+        nginx?.stop()
         nginx = nil
         if heldSocket >= 0 { close(heldSocket) }
         heldSocket = -1
         dir.remove()
+    }
+}
+
+/// nginx on a free loopback port with the snippet from nginx/, rendered by
+/// scripts/render-nginx and pointed at a FastCGI `socket`.
+public final class NginxFront: @unchecked Sendable {
+    /// The loopback port it listens on.
+    public private(set) var port = 0
+    private var process: Process?
+
+    /// The webhook endpoint.
+    public var url: String { "http://127.0.0.1:\(port)/webhooks/installer" }
+
+    /// Renders the configuration into `runDir` and starts nginx (a few ports are tried).
+    public init(socket: String, runDir: String, maxBody: String = "1m") throws {
+        guard let nginxPath = Paths.nginx else { throw StackError(description: "nginx is not installed (scripts/setup)") }
+        try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
+        var lastError = ""
+        for _ in 0..<5 {
+            port = freePort()
+            let rendered = try run(
+                "/bin/bash", [Paths.packageRoot + "/scripts/render-nginx", runDir, "127.0.0.1:\(port)", socket, maxBody])
+            guard rendered.status == 0 else {
+                throw StackError(description: "render-nginx failed: \(String(decoding: rendered.stderr, as: UTF8.self))")
+            }
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: nginxPath)
+            p.arguments = ["-p", runDir, "-c", runDir + "/nginx.conf", "-e", runDir + "/nginx-error.log"]
+            p.standardError = FileHandle.nullDevice
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            if waitUntil({ portAnswers(port) || !p.isRunning }) && p.isRunning {
+                process = p
+                return
+            }
+            p.terminate()
+            p.waitUntilExit()
+            lastError = (try? String(contentsOfFile: runDir + "/nginx-error.log", encoding: .utf8)) ?? ""
+        }
+        throw StackError(description: "nginx did not start:\n\(lastError)")
+    }
+
+    /// Stops nginx and waits for it.
+    public func stop() {
+        guard let p = process else { return }
+        if p.isRunning { kill(p.processIdentifier, SIGTERM) }
+        p.waitUntilExit()
+        process = nil
     }
 }
