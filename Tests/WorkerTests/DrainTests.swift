@@ -339,5 +339,15 @@ final class WorkerHarness: @unchecked Sendable {
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
             #expect(line.split(separator: " ").count == 2, "\(line)")
         }
+        // Every series the shipped alert rules use is one the worker writes.
+        let rules = try String(contentsOfFile: Paths.packageRoot + "/dist/prometheus/installer-webhooks.rules.yml", encoding: .utf8)
+        let regex = try NSRegularExpression(pattern: "installer_webhooks_[a-z0-9_]+(\\{[^}]*\\})?")
+        let used = Set(regex.matches(in: rules, range: NSRange(rules.startIndex..., in: rules)).compactMap {
+            Range($0.range, in: rules).map { String(rules[$0]) }
+        })
+        #expect(used.count >= 4, "\(used)")
+        for series in used {
+            #expect(text.contains("\n" + series + " "), "the rules use \(series), which the worker does not write")
+        }
     }
 }
