@@ -52,10 +52,33 @@ public struct HTTPURL: Sendable, Equatable {
 public struct HTTPResponse: Sendable {
     /// Status code.
     public var status: Int
-    /// Headers, names lower-cased, in order.
-    public var headers: [(name: String, value: String)]
+    /// The header lines as received (without the status line and the blank line).
+    public var head: [UInt8]
     /// The body.
     public var body: [UInt8]
+
+    /// A response with `status`, header lines `head` (CRLF-separated) and `body`.
+    public init(status: Int, head: [UInt8], body: [UInt8]) {
+        self.status = status
+        self.head = head
+        self.body = body
+    }
+
+    /// Headers, names lower-cased, values trimmed, in order.
+    public var headers: [(name: String, value: String)] {
+        var out: [(name: String, value: String)] = []
+        for line in head.split(separator: 10) {
+            var line = line[...]
+            if line.last == 13 { line = line.dropLast() }
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
+            var value = line[(colon + 1)...]
+            while let f = value.first, f == 32 || f == 9 { value = value.dropFirst() }
+            while let l = value.last, l == 32 || l == 9 { value = value.dropLast() }
+            let name = line[..<colon].map { (65...90).contains($0) ? $0 | 0x20 : $0 }
+            out.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+        }
+        return out
+    }
 
     /// The first header named `name` (lower-case).
     public func header(_ name: String) -> String? {
@@ -93,10 +116,19 @@ public final class HTTPConnection {
     private var buffer: [UInt8] = []
     private var start = 0
     private var chunk = [UInt8](repeating: 0, count: 65536)
+    /// The per-call socket timeout in force, so a request with the same
+    /// timeout as the last costs no setsockopt.
+    private var appliedTimeoutMilliseconds = 0
+
+    /// The last request's bytes, kept for their capacity.
+    private var requestBuffer: [UInt8] = []
+    /// The Host header line, made once.
+    private let hostLine: [UInt8]
 
     /// A connection to `url`'s host; it connects on first use.
     public init(url: HTTPURL) {
         self.url = url
+        hostLine = Array(" HTTP/1.1\r\nHost: \(url.hostHeader)\r\n".utf8)
     }
 
     deinit { close() }
@@ -124,9 +156,10 @@ public final class HTTPConnection {
             if s < 0 { continue }
             var one: Int32 = 1
             setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            setTimeout(s, deadline)
+            setTimeout(s, max(deadline.remainingNanos, 1_000_000))
             if Glibc.connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 {
                 fd = s
+                appliedTimeoutMilliseconds = 0
                 return
             }
             lastError = String(cString: strerror(errno))
@@ -135,8 +168,7 @@ public final class HTTPConnection {
         throw .connect("\(url.hostHeader): \(lastError)")
     }
 
-    private func setTimeout(_ s: Int32, _ deadline: Deadline) {
-        let ns = max(deadline.remainingNanos, 1_000_000)
+    private func setTimeout(_ s: Int32, _ ns: UInt64) {
         var tv = timeval(tv_sec: Int(ns / 1_000_000_000), tv_usec: Int(ns % 1_000_000_000 / 1000))
         setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -149,14 +181,15 @@ public final class HTTPConnection {
         timeoutMilliseconds: Int = 10_000
     ) throws(HTTPError) -> HTTPResponse {
         let deadline = Deadline(millisecondsFromNow: timeoutMilliseconds)
-        var request: [UInt8] = []
+        var request = requestBuffer
+        requestBuffer = []
+        defer { requestBuffer = request }
+        request.removeAll(keepingCapacity: true)
         request.reserveCapacity(256 + body.count)
         request.append(contentsOf: method.utf8)
         request.append(32)
         request.append(contentsOf: (path ?? url.path).utf8)
-        request.append(contentsOf: " HTTP/1.1\r\nHost: ".utf8)
-        request.append(contentsOf: url.hostHeader.utf8)
-        request.append(contentsOf: "\r\n".utf8)
+        request.append(contentsOf: hostLine)
         for (name, value) in headers {
             request.append(contentsOf: name.utf8)
             request.append(contentsOf: ": ".utf8)
@@ -172,15 +205,24 @@ public final class HTTPConnection {
         request.append(contentsOf: body)
         let reused = fd >= 0
         do {
-            return try attempt(request, deadline: deadline, isHead: method == "HEAD")
+            return try attempt(request, deadline: deadline, timeoutMilliseconds: timeoutMilliseconds, isHead: method == "HEAD")
         } catch .transport where reused {
             close()
-            return try attempt(request, deadline: deadline, isHead: method == "HEAD")
+            return try attempt(request, deadline: deadline, timeoutMilliseconds: timeoutMilliseconds, isHead: method == "HEAD")
         }
     }
 
-    private func attempt(_ request: [UInt8], deadline: Deadline, isHead: Bool) throws(HTTPError) -> HTTPResponse {
-        if fd < 0 { try connect(deadline: deadline) } else { setTimeout(fd, deadline) }
+    private func attempt(_ request: [UInt8], deadline: Deadline, timeoutMilliseconds: Int, isHead: Bool) throws(HTTPError)
+        -> HTTPResponse
+    {
+        if fd < 0 { try connect(deadline: deadline) }
+        // Each send and recv waits at most the request's whole timeout, and
+        // the deadline is checked between them, so a server that trickles
+        // bytes is cut off within two timeouts; one that goes silent, within one.
+        if timeoutMilliseconds != appliedTimeoutMilliseconds {
+            setTimeout(fd, UInt64(max(timeoutMilliseconds, 1)) * 1_000_000)
+            appliedTimeoutMilliseconds = timeoutMilliseconds
+        }
         do {
             try writeAll(request)
             return try readResponse(deadline: deadline, isHead: isHead)
@@ -244,25 +286,84 @@ public final class HTTPConnection {
         }
     }
 
-    private func readResponse(deadline: Deadline, isHead: Bool) throws(HTTPError) -> HTTPResponse {
-        let statusLine = String(decoding: try readLine(deadline), as: UTF8.self)
-        let parts = statusLine.split(separator: " ", maxSplits: 2)
-        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]) else {
-            throw .transport("not an HTTP response: \(statusLine.prefix(40))")
+    /// Where the header block that starts at `start` ends (just past its
+    /// blank line), reading more until it has arrived.
+    private func headerEnd(_ deadline: Deadline) throws(HTTPError) -> Int {
+        if start == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            start = 0
         }
-        var headers: [(name: String, value: String)] = []
+        var from = start
         while true {
-            let line = try readLine(deadline)
-            if line.isEmpty { break }
-            let text = String(decoding: line, as: UTF8.self)
-            guard let colon = text.firstIndex(of: ":") else { throw .transport("malformed header") }
-            headers.append((text[..<colon].lowercased(), String(text[text.index(after: colon)...]).trimmingSpaces()))
+            var i = from
+            while i < buffer.count {
+                if buffer[i] == 10 {
+                    if i + 1 < buffer.count && buffer[i + 1] == 10 { return i + 2 }
+                    if i + 2 < buffer.count && buffer[i + 1] == 13 && buffer[i + 2] == 10 { return i + 3 }
+                }
+                i += 1
+            }
+            from = max(start, buffer.count - 2)
+            guard available < 65536 else { throw .transport("response head too long") }
+            guard try fill(deadline) else { throw .transport("connection closed mid-response") }
         }
-        let response = HTTPResponse(status: status, headers: headers, body: [])
+    }
+
+    /// Whether `line` is the header `name` (lower-case); returns its value's range.
+    private static func value(of name: StaticString, in line: ArraySlice<UInt8>) -> Range<Int>? {
+        let count = name.utf8CodeUnitCount
+        guard line.count > count, line[line.startIndex + count] == UInt8(ascii: ":") else { return nil }
+        let matches = name.withUTF8Buffer { n in
+            (0..<count).allSatisfy { k in
+                let c = line[line.startIndex + k]
+                return ((65...90).contains(c) ? c | 0x20 : c) == n[k]
+            }
+        }
+        guard matches else { return nil }
+        var lo = line.startIndex + count + 1
+        var hi = line.endIndex
+        while lo < hi, line[lo] == 32 || line[lo] == 9 { lo += 1 }
+        while hi > lo, line[hi - 1] == 32 || line[hi - 1] == 9 || line[hi - 1] == 13 { hi -= 1 }
+        return lo..<hi
+    }
+
+    private func readResponse(deadline: Deadline, isHead: Bool) throws(HTTPError) -> HTTPResponse {
+        let end = try headerEnd(deadline)
+        // "HTTP/1.x NNN reason"
+        let statusEnd = buffer[start..<end].firstIndex(of: 10) ?? end
+        let statusLine = buffer[start..<statusEnd]
+        let s0 = start
+        guard statusLine.count >= 12, statusLine.starts(with: "HTTP/1.".utf8), buffer[s0 + 8] == 32,
+            let status = Self.decimal(buffer[(s0 + 9)..<(s0 + 12)]),
+            statusLine.count == 12 || buffer[s0 + 12] == 32 || buffer[s0 + 12] == 13
+        else {
+            throw .transport("not an HTTP response: \(String(decoding: statusLine.prefix(40), as: UTF8.self))")
+        }
+        var contentLength: Int? = nil
+        var chunked = false
+        var closeAfter = false
+        var lineStart = statusEnd + 1
+        while lineStart < end {
+            let lineEnd = buffer[lineStart..<end].firstIndex(of: 10) ?? end
+            let line = buffer[lineStart..<lineEnd]
+            if let r = Self.value(of: "content-length", in: line) {
+                guard let n = Self.decimal(buffer[r]), r.count > 0, r.count <= 18 else { throw .transport("bad Content-Length") }
+                contentLength = n
+            } else if let r = Self.value(of: "transfer-encoding", in: line) {
+                chunked = Self.containsChunked(buffer[r])
+            } else if let r = Self.value(of: "connection", in: line) {
+                closeAfter = buffer[r].map { (65...90).contains($0) ? $0 | 0x20 : $0 }.elementsEqual("close".utf8)
+            } else if !line.isEmpty && line != [13] && !line.contains(UInt8(ascii: ":")) {
+                throw .transport("malformed header")
+            }
+            lineStart = lineEnd + 1
+        }
+        let head = Array(buffer[min(statusEnd + 1, end)..<end])
+        start = end
         var body: [UInt8] = []
         if isHead || status == 204 || status == 304 || (100..<200).contains(status) {
             // no body
-        } else if response.header("transfer-encoding")?.lowercased().contains("chunked") == true {
+        } else if chunked {
             while true {
                 let sizeLine = String(decoding: try readLine(deadline), as: UTF8.self)
                 guard let size = Int(sizeLine.split(separator: ";").first ?? "", radix: 16) else {
@@ -278,8 +379,7 @@ public final class HTTPConnection {
                 body.append(contentsOf: take(size))
                 _ = take(2)
             }
-        } else if let lengthText = response.header("content-length") {
-            guard let length = Int(lengthText), length >= 0 else { throw .transport("bad Content-Length") }
+        } else if let length = contentLength {
             while available < length {
                 guard try fill(deadline) else { throw .transport("connection closed mid-body") }
             }
@@ -289,7 +389,23 @@ public final class HTTPConnection {
             body = take(available)
             close()
         }
-        if response.header("connection")?.lowercased() == "close" { close() }
-        return HTTPResponse(status: status, headers: headers, body: body)
+        if closeAfter { close() }
+        return HTTPResponse(status: status, head: head, body: body)
+    }
+
+    private static func decimal(_ digits: ArraySlice<UInt8>) -> Int? {
+        var n = 0
+        for d in digits {
+            guard (48...57).contains(d) else { return nil }
+            n = n * 10 + Int(d - 48)
+        }
+        return n
+    }
+
+    private static func containsChunked(_ coding: ArraySlice<UInt8>) -> Bool {
+        let bytes = coding.map { (65...90).contains($0) ? $0 | 0x20 : $0 }
+        let word = Array("chunked".utf8)
+        guard bytes.count >= word.count else { return false }
+        return (0...(bytes.count - word.count)).contains { bytes[$0..<($0 + word.count)].elementsEqual(word) }
     }
 }

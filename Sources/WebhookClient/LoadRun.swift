@@ -196,7 +196,7 @@ public enum LoadGenerator {
         let deliverer = Deliverer(url: options.url, secrets: options.secrets)
         let connection = HTTPConnection(url: options.url)
         var recent: [[UInt8]] = []
-        var rng = SystemRandomNumberGenerator()
+        var factory = EventFactory()
         let interval = options.rate.map { Double(connections) / $0 * 1e9 }
         var k = 0
         var nextClosed = start
@@ -212,13 +212,13 @@ public enum LoadGenerator {
             if scheduled >= end { break }
             sleep(until: scheduled)
             let measured = scheduled >= measureFrom
-            let duplicate = !recent.isEmpty && Double.random(in: 0..<1, using: &rng) < options.duplicates
+            let duplicate = !recent.isEmpty && options.duplicates > 0 && Double.random(in: 0..<1, using: &factory.rng) < options.duplicates
             let body: [UInt8]
             if duplicate {
-                body = recent[Int.random(in: 0..<recent.count, using: &rng)]
+                body = recent[Int.random(in: 0..<recent.count, using: &factory.rng)]
             } else {
-                let type = mix[Int.random(in: 0..<mix.count, using: &rng)]
-                body = EventSamples.payload(type: type, sequence: k)
+                let type = mix[Int.random(in: 0..<mix.count, using: &factory.rng)]
+                body = factory.payload(type: type, sequence: k)
                 if options.trackEvents { result.sentEvents.insert(BodyHash(body)) }
             }
             if measured {
@@ -234,8 +234,10 @@ public enum LoadGenerator {
                 let ok = (200..<300).contains(response.status)
                 if ok && !duplicate {
                     if options.trackEvents { result.acceptedEvents.insert(BodyHash(body)) }
-                    recent.append(body)
-                    if recent.count > 256 { recent.removeFirst() }
+                    if options.duplicates > 0 {
+                        recent.append(body)
+                        if recent.count > 256 { recent.removeFirst() }
+                    }
                 }
                 if measured {
                     result.answered += 1

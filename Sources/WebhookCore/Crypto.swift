@@ -23,6 +23,36 @@ public enum Crypto {
         return out
     }
 
+    /// A secret keyed once for many HMAC-SHA256 tags (shared across threads).
+    public final class HMACKey: @unchecked Sendable {
+        private let key: [UInt8]
+        // Only read after init: each tag is computed on a copy of it.
+        private let context: OpaquePointer?
+
+        /// Keys `key`.
+        public init(_ key: [UInt8]) {
+            self.key = key
+            context = key.withUnsafeBufferPointer { iw_hmac_sha256_keyed($0.baseAddress, $0.count) }
+        }
+
+        deinit { EVP_MAC_CTX_free(context) }
+
+        /// HMAC-SHA256 of `data` under this key.
+        public func tag(_ data: UnsafeRawBufferPointer) -> [UInt8] {
+            guard let context else { return Crypto.hmacSHA256(key: key, data: data) }
+            var out = [UInt8](repeating: 0, count: digestBytes)
+            let ok = out.withUnsafeMutableBufferPointer { outBuffer in
+                iw_hmac_sha256_tag(
+                    context, data.baseAddress?.assumingMemoryBound(to: UInt8.self) ?? emptyInput, data.count,
+                    outBuffer.baseAddress)
+            }
+            return ok == 1 ? out : Crypto.hmacSHA256(key: key, data: data)
+        }
+
+        /// HMAC-SHA256 of a byte array under this key.
+        public func tag(_ data: [UInt8]) -> [UInt8] { data.withUnsafeBytes { tag($0) } }
+    }
+
     /// HMAC-SHA256 of a byte array.
     public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
         data.withUnsafeBytes { hmacSHA256(key: key, data: $0) }

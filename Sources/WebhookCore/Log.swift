@@ -63,9 +63,10 @@ public struct Logger: Sendable {
 
 /// Small JSON writing helpers.
 public enum JSONText {
+    private static let hex = Array("0123456789abcdef".utf8)
+
     /// Appends `s` as a JSON string literal.
     public static func appendString(_ s: String, to out: inout [UInt8]) {
-        let hex = Array("0123456789abcdef".utf8)
         out.append(UInt8(ascii: "\""))
         for b in s.utf8 {
             switch b {

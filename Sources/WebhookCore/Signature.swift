@@ -28,12 +28,12 @@ public enum SignatureFailure: Error, Equatable, Sendable {
 public struct SignatureVerifier: Sendable {
     /// At most this many candidate tags are considered from one header.
     public static let maxCandidates = 16
-    private let secrets: [[UInt8]]
+    private let keys: [Crypto.HMACKey]
 
     /// A verifier for `secrets`, the first being the one that signs.
     public init(secrets: [[UInt8]]) {
         precondition(!secrets.isEmpty, "a verifier needs at least one secret")
-        self.secrets = secrets
+        keys = secrets.map(Crypto.HMACKey.init)
     }
 
     /// Decodes the header's well-formed tags; throws when there is none.
@@ -58,8 +58,8 @@ public struct SignatureVerifier: Sendable {
     public func verify(header: String?, body: UnsafeRawBufferPointer) throws(SignatureFailure) {
         let tags = try Self.candidates(in: header)
         var matched = false
-        for secret in secrets {
-            let expected = Crypto.hmacSHA256(key: secret, data: body)
+        for key in keys {
+            let expected = key.tag(body)
             for tag in tags where Crypto.constantTimeEqual(expected, tag) {
                 matched = true
             }
@@ -77,6 +77,6 @@ public struct SignatureVerifier: Sendable {
 
     /// The header value the first secret gives `body`, as the sender computes it.
     public func sign(_ body: [UInt8]) -> String {
-        "sha256=" + Hex.encode(Crypto.hmacSHA256(key: secrets[0], data: body))
+        "sha256=" + Hex.encode(keys[0].tag(body))
     }
 }

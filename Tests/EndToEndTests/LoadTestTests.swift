@@ -131,3 +131,49 @@ func loadtest(_ arguments: [String]) throws -> (status: Int32, out: String) {
         #expect(Set(server.requests.compactMap { $0.headers["x-webhook-signature"] }).count == 1)
     }
 }
+
+@Suite struct EventSampleTests {
+    @Test(arguments: EventSamples.types)
+    func everySampleIsTheSendersShape(type: String) throws {
+        let micros: Int64 = 1_796_400_000_000_000  // 2026-12-04T16:00:00Z
+        let body = EventSamples.payload(type: type, organizationId: "org-1", entityId: "ent-1", sequence: 7, nowMicros: micros)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any])
+        #expect(object["event"] as? String == type)
+        #expect(object["timestamp"] as? String == "2026-12-04T16:00:00Z")
+        #expect(object["organizationId"] as? String == "org-1")
+        let data = try #require(object["data"] as? [String: Any])
+        #expect(data["id"] as? String == "ent-1")
+        #expect(data["createdAt"] as? String == "2026-12-04T16:00:00Z")
+        if type.hasPrefix("booking.") {
+            #expect(data["start"] as? String == "2026-12-05T16:00:00Z")
+            #expect(data["end"] as? String == "2026-12-05T20:00:00Z")
+            #expect((data["orderId"] as? String)?.count == 36)
+        } else if type.hasPrefix("workflow.") {
+            #expect(data["position"] as? Int == 8)
+        } else {
+            #expect(data["displayId"] as? String == "P1-7")
+            #expect(data["customerName"] as? String == "Åse Ødegård")
+        }
+        // The receiver's own parser reads the fields it acts on.
+        let payload = try PayloadParser.parse(body)
+        #expect(payload.event == type)
+        #expect(payload.organizationId == "org-1" && payload.entityId == "ent-1")
+    }
+
+    @Test func generatedIdsAreVersion4AndNeverRepeat() {
+        var factory = EventFactory()
+        var seen = Set<String>()
+        for i in 0..<20_000 {
+            let body = factory.payload(type: "booking.created", sequence: i)
+            let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] ?? [:]
+            let org = object["organizationId"] as? String ?? ""
+            let data = object["data"] as? [String: Any] ?? [:]
+            for id in [org, data["id"] as? String ?? "", data["orderId"] as? String ?? ""] {
+                let chars = Array(id.utf8)
+                #expect(chars.count == 36 && chars[14] == UInt8(ascii: "4") && "89ab".utf8.contains(chars[19]), "\(id)")
+                #expect(seen.insert(id).inserted, "\(id) repeated")
+            }
+        }
+        #expect(seen.count == 60_000)
+    }
+}

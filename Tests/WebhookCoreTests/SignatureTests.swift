@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import WebhookCore
 import WebhookTestSupport
@@ -51,6 +52,23 @@ struct SignatureVector: Sendable, CustomTestStringConvertible {
             #expect(!error.reason.lowercased().contains(expected))
         }
         #expect(accepted == v.valid, "\(v.name)")
+    }
+
+    @Test func aKeyedContextSharedByManyThreadsGivesTheOneShotTag() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let key = Crypto.HMACKey(Array("Jefe".utf8))
+        let data = Array("what do ya want for nothing?".utf8)
+        let expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        #expect(Hex.encode(key.tag(data)) == expected)
+        #expect(Hex.encode(Crypto.hmacSHA256(key: Array("Jefe".utf8), data: data)) == expected)
+        let wrong = Mutex(0)
+        runConcurrently(8) { i in
+            for n in 0..<2000 {
+                let body = Array("body \(i) \(n)".utf8)
+                if key.tag(body) != Crypto.hmacSHA256(key: Array("Jefe".utf8), data: body) { wrong.withLock { $0 += 1 } }
+            }
+        }
+        #expect(wrong.withLock { $0 } == 0)
     }
 
     @Test func signProducesWhatVerifies() throws {
