@@ -18,7 +18,42 @@ func shell(_ command: String) throws -> (status: Int32, out: String) {
     return (r.status, String(decoding: r.stdout + r.stderr, as: UTF8.self))
 }
 
+let systemScriptInstallWanted = ProcessInfo.processInfo.environment["WEBHOOK_TEST_SYSTEM_INSTALL"] == "1"
+    && geteuid() == 0 && releaseBinDir != nil
+
 @Suite(.serialized) struct SystemInstallTests {
+    @Test(.enabled(if: systemScriptInstallWanted, "changes the host: set WEBHOOK_TEST_SYSTEM_INSTALL=1, run as root, with release programs built"))
+    func theInstallScriptInstallsForRealAndRemovesItself() throws {
+        let bin = try #require(releaseBinDir)
+        let installed = try shell("bash \(installScript) --bin-dir \(bin)")
+        defer { _ = try? shell("bash \(installScript) --uninstall --purge --force") }
+        #expect(installed.status == 0, "\(installed.out)")
+        #expect(installed.out.contains("include /etc/nginx/snippets/installer-webhooks.conf;"))
+        #expect(try shell("id -u installer-webhooks").status == 0)
+        var st = stat()
+        #expect(stat("/usr/local/bin/webhook-fcgi", &st) == 0 && st.st_mode & 0o777 == 0o755)
+        #expect(stat("/var/spool/installer-webhooks", &st) == 0 && st.st_mode & 0o777 == 0o700)
+        let owner = try shell("stat -c %U /var/spool/installer-webhooks /etc/installer-webhooks/secret")
+        #expect(owner.out == "installer-webhooks\ninstaller-webhooks\n", "\(owner.out)")
+        if FileManager.default.fileExists(atPath: "/run/systemd/system") {
+            #expect(installed.out.contains("started webhook-fcgi.socket"))
+        } else {
+            // No systemd: the worker runs from cron, and the receiver's command is printed.
+            #expect(text("/etc/cron.d/installer-webhooks")?.contains(" installer-webhooks /usr/local/bin/webhook-worker drain") == true)
+            #expect(installed.out.contains("spawn-fcgi -s /run/installer-webhooks/fcgi.sock"))
+        }
+        // The installed settings are valid for the installed receiver, run as root (it becomes the spool's owner).
+        let check = try shell("/usr/local/bin/webhook-fcgi --check --config /etc/installer-webhooks/env")
+        #expect(check.status == 0, "\(check.out)")
+        #expect(try shell("stat -c %U /var/spool/installer-webhooks/new").out == "installer-webhooks\n")
+
+        let removed = try shell("bash \(installScript) --uninstall --purge")
+        #expect(removed.status == 0, "\(removed.out)")
+        for path in ["/usr/local/bin/webhook-fcgi", "/etc/installer-webhooks", "/var/spool/installer-webhooks", "/etc/cron.d/installer-webhooks"] {
+            #expect(!FileManager.default.fileExists(atPath: path), "\(path) left after --uninstall --purge")
+        }
+    }
+
     @Test(.enabled(if: systemInstallWanted, "changes the host: set WEBHOOK_TEST_SYSTEM_INSTALL=1, run as root, with the package built"))
     func thePackageInstallsServesDrainsAndPurges() throws {
         let deb = try #require(builtPackage)
