@@ -14,18 +14,18 @@ public struct Deliverer {
         self.verifier = SignatureVerifier(secrets: secrets)
     }
 
-    /// The headers a real delivery of `body` carries.
-    public func headers(for body: [UInt8]) -> [(String, String)] {
-        [
-            ("Content-Type", "application/json"), ("User-Agent", "installer-webhooks-loadtest/0.1"),
-            ("X-Webhook-Signature", verifier.sign(body)),
-        ]
-    }
+    /// The headers every delivery carries besides Host, Content-Length and
+    /// X-Webhook-Signature's value, as the sender sends them.
+    private static let fixedLines = Array(
+        "Content-Type: application/json\r\nUser-Agent: installer-webhooks-loadtest/\(installerWebhooksVersion)\r\nX-Webhook-Signature: ".utf8)
 
     /// POSTs `body`, signed, on `connection`.
     public func send(_ body: [UInt8], on connection: HTTPConnection, timeoutMilliseconds: Int = 10_000) throws(HTTPError)
         -> HTTPResponse
     {
-        try connection.send(method: "POST", headers: headers(for: body), body: body, timeoutMilliseconds: timeoutMilliseconds)
+        var lines = Self.fixedLines
+        lines.append(contentsOf: verifier.sign(body).utf8)
+        lines.append(contentsOf: "\r\n".utf8)
+        return try connection.send(method: "POST", headerLines: lines, body: body, timeoutMilliseconds: timeoutMilliseconds)
     }
 }

@@ -121,7 +121,7 @@ public struct EventFactory {
     ) -> [UInt8] {
         stamp(nowMicros)
         var out: [UInt8] = []
-        out.reserveCapacity(512)
+        out.reserveCapacity(768)
         func field(_ name: String, _ out: inout [UInt8]) {
             out.append(contentsOf: "    \"".utf8)
             out.append(contentsOf: name.utf8)

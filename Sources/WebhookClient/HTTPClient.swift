@@ -180,6 +180,21 @@ public final class HTTPConnection {
         method: String, path: String? = nil, headers: [(String, String)] = [], body: [UInt8] = [],
         timeoutMilliseconds: Int = 10_000
     ) throws(HTTPError) -> HTTPResponse {
+        var lines: [UInt8] = []
+        for (name, value) in headers {
+            lines.append(contentsOf: name.utf8)
+            lines.append(contentsOf: ": ".utf8)
+            lines.append(contentsOf: value.utf8)
+            lines.append(contentsOf: "\r\n".utf8)
+        }
+        return try send(method: method, path: path, headerLines: lines, body: body, timeoutMilliseconds: timeoutMilliseconds)
+    }
+
+    /// Sends one request whose header lines (each ending in CRLF, without
+    /// Host and Content-Length) are already formatted.
+    public func send(
+        method: String, path: String? = nil, headerLines: [UInt8], body: [UInt8] = [], timeoutMilliseconds: Int = 10_000
+    ) throws(HTTPError) -> HTTPResponse {
         let deadline = Deadline(millisecondsFromNow: timeoutMilliseconds)
         var request = requestBuffer
         requestBuffer = []
@@ -190,12 +205,7 @@ public final class HTTPConnection {
         request.append(32)
         request.append(contentsOf: (path ?? url.path).utf8)
         request.append(contentsOf: hostLine)
-        for (name, value) in headers {
-            request.append(contentsOf: name.utf8)
-            request.append(contentsOf: ": ".utf8)
-            request.append(contentsOf: value.utf8)
-            request.append(contentsOf: "\r\n".utf8)
-        }
+        request.append(contentsOf: headerLines)
         if !body.isEmpty || method == "POST" || method == "PUT" {
             request.append(contentsOf: "Content-Length: ".utf8)
             request.append(contentsOf: String(body.count).utf8)

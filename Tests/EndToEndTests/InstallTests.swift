@@ -246,7 +246,10 @@ let builtPackage: String? = ProcessInfo.processInfo.environment["WEBHOOK_TEST_DE
         #expect(try run("/usr/bin/dpkg-deb", ["-e", deb, scratch.path]).status == 0)
         #expect(
             text(scratch.at("conffiles"))?.split(separator: "\n").sorted()
-                == ["/etc/installer-webhooks/env", "/etc/logrotate.d/installer-webhooks", "/etc/nginx/snippets/installer-webhooks.conf"])
+                == [
+                    "/etc/cron.d/installer-webhooks", "/etc/installer-webhooks/env", "/etc/logrotate.d/installer-webhooks",
+                    "/etc/nginx/snippets/installer-webhooks.conf",
+                ])
         for script in ["postinst", "prerm", "postrm"] {
             #expect(modeBits(scratch.at(script)) == 0o755)
             #expect(try run("/bin/sh", ["-n", scratch.at(script)]).status == 0, "\(script) does not parse")
