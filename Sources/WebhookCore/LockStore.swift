@@ -224,22 +224,31 @@ extension LockStore {
     /// and empty ones older than `staleSeconds`, in top-level shard `top`.
     public func prune(top: String, nowSeconds: Int64, staleSeconds: Int64) -> MarkerPruneCount {
         var count = MarkerPruneCount()
-        let topPath = root + "/" + top
-        for shard in listDirectory(topPath) ?? [] {
-            let shardPath = topPath + "/" + shard
-            for name in listDirectory(shardPath) ?? [] where Self.isValidKey(name) {
-                count.examined += 1
-                let path = shardPath + "/" + name
-                let fd = fs.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0)
-                guard fd >= 0 else { continue }
-                defer { _ = fs.close(fd) }
-                guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-                    count.busy += 1
-                    continue
-                }
-                if shouldPrune(fd, path: path, nowSeconds: nowSeconds, staleSeconds: staleSeconds) {
-                    if fs.unlink(path) == 0 { count.removed += 1 }
-                }
+        for shard in listDirectory(root + "/" + top) ?? [] {
+            let c = prune(shard: top + "/" + shard, nowSeconds: nowSeconds, staleSeconds: staleSeconds)
+            count.examined += c.examined
+            count.removed += c.removed
+            count.busy += c.busy
+        }
+        return count
+    }
+
+    /// Prunes one second-level shard (`ab/cd`): about 1/65536 of the store.
+    public func prune(shard: String, nowSeconds: Int64, staleSeconds: Int64) -> MarkerPruneCount {
+        var count = MarkerPruneCount()
+        let shardPath = root + "/" + shard
+        for name in listDirectory(shardPath) ?? [] where Self.isValidKey(name) {
+            count.examined += 1
+            let path = shardPath + "/" + name
+            let fd = fs.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0)
+            guard fd >= 0 else { continue }
+            defer { _ = fs.close(fd) }
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+                count.busy += 1
+                continue
+            }
+            if shouldPrune(fd, path: path, nowSeconds: nowSeconds, staleSeconds: staleSeconds) {
+                if fs.unlink(path) == 0 { count.removed += 1 }
             }
         }
         return count

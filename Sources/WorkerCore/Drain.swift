@@ -447,15 +447,25 @@ public final class Drain: @unchecked Sendable {
     }
 
     /// The bounded share of housekeeping each run does.
-    func pruneSlice() {
-        let cursorText = files.read("prune-cursor")?["next"] as? NSNumber
-        let start = cursorText?.intValue ?? 0
-        let shards = 4
+    /// Each run goes on from where the last stopped, through at most 1/64 of
+    /// the second-level shards and for at most `pruneSeconds`: with ten million
+    /// markers on a cold cache, 1/64 of the store is minutes of reads, which
+    /// would hold the run lock (and the next run's events) that long.
+    func pruneSlice(pruneSeconds: Int = 3) {
+        let saved = files.read("prune-cursor")
+        // "next" counted top shards before the cursor went down to second-level ones.
+        let start = ((saved?["shard"] as? NSNumber)?.intValue ?? ((saved?["next"] as? NSNumber)?.intValue ?? 0) * 256) % 65536
+        let budget = Deadline(millisecondsFromNow: pruneSeconds * 1000)
         let store = spool.lockStore
-        for i in 0..<shards {
-            _ = store.prune(top: LockStore.topShards[(start + i) % 256], nowSeconds: nowSeconds, staleSeconds: config.retentionSeconds)
+        var next = start
+        var done = 0
+        while done < 1024 && !budget.hasPassed {
+            let shard = LockStore.topShards[next / 256] + "/" + LockStore.topShards[next % 256]
+            _ = store.prune(shard: shard, nowSeconds: nowSeconds, staleSeconds: config.retentionSeconds)
+            next = (next + 1) % 65536
+            done += 1
         }
-        files.write("prune-cursor", ["next": (start + shards) % 256])
+        files.write("prune-cursor", ["shard": next])
         Housekeeping(config: config, nowSeconds: nowSeconds).run()
     }
 

@@ -303,6 +303,24 @@ final class WorkerHarness: @unchecked Sendable {
         #expect(AttemptLog(spoolDir: h.spoolDir).entries(id).first?.kind == "transport")
     }
 
+    @Test func eachDrainPrunesTheNextSixtyFourthOfTheLockStore() throws {
+        let h = WorkerHarness()
+        // Expired markers (C, expiry 1) in the first shard, the last shard a run
+        // reaches (03/ff), the first it must not (04/00), and the last of all.
+        let key = String(repeating: "0", count: 60)
+        for shard in ["00/00", "03/ff", "04/00", "ff/ff"] {
+            let dir = h.spoolDir + "/dedupe/" + shard
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            writeFile(dir + "/" + shard.replacingOccurrences(of: "/", with: "") + key, "C 1796400000000000-aa 1\n")
+        }
+        _ = h.drain { $0.defaultAction = .exec("true") }
+        let left = Set(filesUnder(h.spoolDir + "/dedupe").map { String($0.prefix(5)) })
+        #expect(left == ["04/00", "ff/ff"], "\(left)")
+        // The next run goes on from 04/00.
+        _ = h.drain { $0.defaultAction = .exec("true") }
+        #expect(Set(filesUnder(h.spoolDir + "/dedupe").map { String($0.prefix(5)) }) == ["ff/ff"])
+    }
+
     @Test func pruneRemovesExpiredMarkersAndStaleTmpFiles() throws {
         let h = WorkerHarness()
         h.receive(h.event())
