@@ -454,7 +454,8 @@ public final class Drain: @unchecked Sendable {
     func pruneSlice(pruneSeconds: Int = 3) {
         let saved = files.read("prune-cursor")
         // "next" counted top shards before the cursor went down to second-level ones.
-        let start = ((saved?["shard"] as? NSNumber)?.intValue ?? ((saved?["next"] as? NSNumber)?.intValue ?? 0) * 256) % 65536
+        let saidStart = (saved?["shard"] as? NSNumber)?.intValue ?? ((saved?["next"] as? NSNumber)?.intValue ?? 0) * 256
+        let start = (0..<65536).contains(saidStart) ? saidStart : 0
         let budget = Deadline(millisecondsFromNow: pruneSeconds * 1000)
         let store = spool.lockStore
         var next = start
