@@ -49,13 +49,13 @@ extension Receiver {
     /// 503 when the spool is not writable or below WEBHOOK_MIN_FREE_BYTES.
     func health(_ request: IncomingRequest, requestId: String) -> Response {
         guard request.method == "GET" || request.method == "HEAD" else {
-            var r = errorResponse(405, "method_not_allowed", "only GET and HEAD are answered here", requestId: requestId)
-            r.headers = [("Allow", "GET, HEAD")]
-            return r
+            return errorResponse(
+                405, "method_not_allowed", "only GET and HEAD are answered here", requestId: requestId, allow: "GET, HEAD")
         }
         let nowMicros = clock.nowMicros()
         var problems: [String] = []
-        if let failure = spool.probeWritable() { problems.append("spool not writable: \(failure)") }
+        let unwritable = spool.probeWritable()
+        if let unwritable { problems.append("spool not writable: \(unwritable)") }
         let free = spool.freeSpace()
         if let free, config.minFreeBytes > 0, free.bytes < config.minFreeBytes || free.inodes < 64 {
             problems.append("low disk space: \(free.bytes) bytes, \(free.inodes) inodes free")
@@ -65,7 +65,7 @@ extension Receiver {
         var body: [UInt8] = []
         body.append(contentsOf: "{\"status\":".utf8)
         JSONText.appendString(problems.isEmpty ? "ok" : "unavailable", to: &body)
-        body.append(contentsOf: ",\"spool_writable\":\(problems.allSatisfy { !$0.hasPrefix("spool not writable") })".utf8)
+        body.append(contentsOf: ",\"spool_writable\":\(unwritable == nil)".utf8)
         body.append(contentsOf: ",\"free_bytes\":\(free.map { String($0.bytes) } ?? "null")".utf8)
         body.append(contentsOf: ",\"free_inodes\":\(free.map { String($0.inodes) } ?? "null")".utf8)
         body.append(contentsOf: ",\"min_free_bytes\":\(config.minFreeBytes)".utf8)

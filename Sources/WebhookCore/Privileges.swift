@@ -5,24 +5,18 @@
 // before they touch it.
 import Glibc
 
-/// Who the process became.
-public struct SpoolOwner: Sendable, Equatable {
-    /// The user and group now in effect.
-    public var uid: UInt32
-    public var gid: UInt32
-}
-
 /// When running as root and `spoolDir` exists and belongs to another user,
 /// switches the process to that user and group (supplementary groups
-/// dropped) and returns them; nil when nothing was changed.
-public func becomeSpoolOwner(spoolDir: String) throws(SystemError) -> SpoolOwner? {
-    guard geteuid() == 0 else { return nil }
+/// dropped); returns whether it did.
+@discardableResult
+public func becomeSpoolOwner(spoolDir: String) throws(SystemError) -> Bool {
+    guard geteuid() == 0 else { return false }
     var st = stat()
-    guard stat(spoolDir, &st) == 0, st.st_uid != 0 else { return nil }
+    guard stat(spoolDir, &st) == 0, st.st_uid != 0 else { return false }
     guard setgroups(0, nil) == 0 else { throw SystemError("setgroups", spoolDir, errno) }
     guard setgid(st.st_gid) == 0 else { throw SystemError("setgid", spoolDir, errno) }
     guard setuid(st.st_uid) == 0 else { throw SystemError("setuid", spoolDir, errno) }
     // setuid from root drops every capability; a way back would be a bug.
     guard setuid(0) != 0 else { throw SystemError("setuid", spoolDir, EPERM) }
-    return SpoolOwner(uid: st.st_uid, gid: st.st_gid)
+    return true
 }

@@ -87,6 +87,10 @@ public struct Response: Sendable {
     /// Why it failed, for the log (never secret material).
     public var detail: String?
 
+    /// Whether the answer is worth a log line: a monitor polling a healthy
+    /// endpoint would fill the log with nothing.
+    public var isWorthLogging: Bool { outcome != "healthy" }
+
     /// `200 OK`-style status line text.
     public var reasonPhrase: String {
         switch status {
@@ -129,7 +133,7 @@ public final class Receiver: Sendable {
 
     func errorResponse(
         _ status: Int, _ outcome: String, _ message: String, requestId: String, event: String? = nil,
-        key: String? = nil, detail: String? = nil
+        key: String? = nil, detail: String? = nil, allow: String = "POST"
     ) -> Response {
         var body: [UInt8] = []
         body.append(contentsOf: "{\"status\":\"error\",\"error\":".utf8)
@@ -140,7 +144,7 @@ public final class Receiver: Sendable {
         var r = Response(
             status: status, body: body, outcome: outcome, event: event, key: key, requestId: requestId,
             detail: detail ?? message)
-        if status == 405 { r.headers.append(("Allow", "POST")) }
+        if status == 405 { r.headers.append(("Allow", allow)) }
         if status == 503 { r.headers.append(("Retry-After", String(Self.retryAfterSeconds))) }
         return r
     }

@@ -23,14 +23,11 @@ public struct SpoolStatus {
     /// Reads the spool at `spoolDir`.
     public static func read(spoolDir: String, nowSeconds: Int64) -> SpoolStatus {
         var s = SpoolStatus()
-        var oldestId: String? = nil
         for state in states {
             if state == "new" {
                 var n = 0
                 for bucket in (listDirectory(spoolDir + "/new") ?? []).sorted() {
-                    let names = listDirectory(spoolDir + "/new/" + bucket) ?? []
-                    if oldestId == nil, let first = names.min() { oldestId = first }
-                    n += names.count
+                    n += (listDirectory(spoolDir + "/new/" + bucket) ?? []).count
                 }
                 s.counts[state] = n
             } else {
@@ -40,12 +37,11 @@ public struct SpoolStatus {
                     let log = AttemptLog(spoolDir: spoolDir)
                     for id in names {
                         if (log.entries(id).last?.nextAt ?? 0) <= nowSeconds { s.deferredDue += 1 }
-                        if oldestId.map({ id < $0 }) ?? true { oldestId = id }
                     }
                 }
             }
         }
-        if let oldestId, let micros = Spool.receivedMicros(ofId: oldestId) {
+        if let oldestId = Spool(root: spoolDir).oldestWaitingId(), let micros = Spool.receivedMicros(ofId: oldestId) {
             s.oldestWaitingSeconds = max(0, nowSeconds - micros / 1_000_000)
         }
         s.lastRun = WorkerFiles(spoolDir: spoolDir).read("last-run")

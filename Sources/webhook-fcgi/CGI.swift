@@ -39,6 +39,7 @@ func serveCGI(receiver: Receiver, logger: Logger) -> Int32 {
             offset += n
         }
     }
+    if ok && !response.isWorthLogging { return 0 }
     var fields = Receiver.logFields(response, latencyMilliseconds: Double(monotonicNanos() - started) / 1e6)
     fields.append(("mode", .string("cgi")))
     if !ok { fields.append(("write_error", .string(String(cString: strerror(errno))))) }

@@ -124,8 +124,7 @@ final class FastCGIServer: @unchecked Sendable {
             }
         }
         let flushed = written == Int32(bytes.count) && FCGX_FFlush(request.pointee.out) == 0
-        // A monitor polling a healthy endpoint would fill the log with nothing.
-        if flushed && response.outcome == "healthy" { return }
+        if flushed && !response.isWorthLogging { return }
         var fields = Receiver.logFields(response, latencyMilliseconds: Double(monotonicNanos() - started) / 1e6)
         if !flushed { fields.append(("write_error", .string("the answer could not be sent to the web server"))) }
         logger.log(response.status < 500 && flushed ? "info" : "error", "request", fields)

@@ -161,7 +161,7 @@ do {
 // Started as root on a spool that belongs to the service user: become that
 // user before anything is read or created.
 do {
-    _ = try becomeSpoolOwner(spoolDir: config.spoolDir)
+    try becomeSpoolOwner(spoolDir: config.spoolDir)
 } catch {
     fail(71, "cannot become the spool's owner: \(error)")
 }

@@ -223,7 +223,7 @@ umask(0o077)
 do {
     // As root on the service user's spool: act as that user, so nothing this
     // run creates (markers, attempt logs, the run lock) is root's.
-    _ = try becomeSpoolOwner(spoolDir: config.spoolDir)
+    try becomeSpoolOwner(spoolDir: config.spoolDir)
 } catch {
     fail(71, "cannot become the spool's owner: \(error)")
 }

@@ -162,6 +162,9 @@ func json(_ r: HTTPResponse) -> [String: Any] {
         let posted = try HTTPConnection(url: healthURL).send(method: "POST", body: EventSamples.payload(type: "order.created"))
         #expect(posted.status == 405)
         #expect(stack.waitingFiles.count == 1)
+        // Healthy answers leave no log line; the refused POST does (written just after its answer).
+        #expect(waitUntil { stack.handlerLog.contains("\"outcome\":\"method_not_allowed\"") })
+        #expect(!stack.handlerLog.contains("\"outcome\":\"healthy\""), "\(stack.handlerLog)")
         if ReadOnlyDirectory.supported {
             try ReadOnlyDirectory.lock(stack.spoolDir + "/tmp")
             let unwritable = try HTTPConnection(url: healthURL).send(method: "GET")
