@@ -9,18 +9,26 @@ import WebhookCore
 import WebhookTestSupport
 import WorkerCore
 
-/// Bodies sent and the ones acknowledged 2xx, shared by the sending threads.
+/// Bodies sent (each once, however often it was tried) and the ones
+/// acknowledged 2xx, shared by the sending threads.
 final class Ledger: @unchecked Sendable {
     private let lock = NSLock()
     private(set) var sent: [[UInt8]] = []
+    private var seen: Set<BodyHash> = []
     private(set) var acknowledged: Set<BodyHash> = []
+    private var attempts = 0
 
     func record(_ body: [UInt8], ok: Bool) {
+        let hash = BodyHash(body)
         lock.withLock {
-            sent.append(body)
-            if ok { acknowledged.insert(BodyHash(body)) }
+            attempts += 1
+            if seen.insert(hash).inserted { sent.append(body) }
+            if ok { acknowledged.insert(hash) }
         }
     }
+
+    var acknowledgedCount: Int { lock.withLock { acknowledged.count } }
+    var attemptCount: Int { lock.withLock { attempts } }
 
     var snapshot: (sent: [[UInt8]], acknowledged: Set<BodyHash>) { lock.withLock { (sent, acknowledged) } }
 }
@@ -33,31 +41,42 @@ final class Ledger: @unchecked Sendable {
         defer { stack.stop() }
         let ledger = Ledger()
         let stop = Atomic(false)
+        let restarts = Generation()
         let senders = (0..<4).map { n in
             Thread {
                 let connection = HTTPConnection(url: HTTPURL(stack.url)!)
                 var i = 0
+                var body = EventSamples.payload(type: EventSamples.types[0], sequence: n * 1_000_000)
                 while !stop.value {
-                    i += 1
-                    let body = EventSamples.payload(type: EventSamples.types[i % 12], sequence: n * 1_000_000 + i)
+                    let seen = restarts.value
                     let r = try? stack.deliverer.send(body, on: connection, timeoutMilliseconds: 5000)
-                    ledger.record(body, ok: r.map { (200..<300).contains($0.status) } ?? false)
+                    let ok = r.map { (200..<300).contains($0.status) } ?? false
+                    ledger.record(body, ok: ok)
+                    if ok {
+                        i += 1
+                        body = EventSamples.payload(type: EventSamples.types[i % 12], sequence: n * 1_000_000 + i)
+                    } else {
+                        // As the sender does: the same body again, once the receiver is back.
+                        restarts.wait(untilPast: seen, seconds: 5)
+                    }
                 }
             }
         }
         for t in senders { t.start() }
         for _ in 0..<Self.iterations {
-            let before = ledger.snapshot.sent.count
+            let before = ledger.acknowledgedCount
             // Let some requests through, then kill at a random instant.
-            _ = waitUntil(seconds: 5) { ledger.snapshot.sent.count > before + 2 }
+            _ = waitUntil(seconds: 5) { ledger.acknowledgedCount > before + 2 }
             usleep(UInt32.random(in: 0..<20_000))
             stack.stopHandler(signal: SIGKILL)
             try stack.startHandler()
+            restarts.advance()
         }
         stop.value = true
         _ = waitUntil(seconds: 10) { senders.allSatisfy { $0.isFinished } }
         let (sent, acknowledged) = ledger.snapshot
         #expect(acknowledged.count > Self.iterations / 2, "too little got through to mean anything")
+        #expect(ledger.attemptCount > acknowledged.count, "no kill caught a request in flight")
 
         // Whole files only, and every acknowledged event among them.
         let records = try stack.storedRecords()
@@ -76,8 +95,10 @@ final class Ledger: @unchecked Sendable {
         var config = WorkerConfig(spoolDir: stack.spoolDir)
         config.defaultAction = .exec("echo \"$WEBHOOK_KEY\" >> \(log)")
         config.concurrency = 4
+        config.maxSeconds = 900 // one run for all of it, however slow the machine
         let logger = Logger(program: "test") { _ in }
-        _ = Drain(config: config, logger: logger, environment: ["PATH": "/usr/bin:/bin"]).run()
+        let report = Drain(config: config, logger: logger, environment: ["PATH": "/usr/bin:/bin"]).run()
+        #expect(report.leftForNextRun == 0, "\(report)")
         let handled = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
         let keys = Set(sent.map { Hex.encode(Crypto.sha256($0)) })
         #expect(handled.count == keys.count, "\(handled.count) handler runs for \(keys.count) events")
@@ -94,5 +115,28 @@ final class Atomic: @unchecked Sendable {
     var value: Bool {
         get { lock.withLock { stored } }
         set { lock.withLock { stored = newValue } }
+    }
+}
+
+/// A count the restarting thread advances; senders wait for it to move.
+final class Generation: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var count = 0
+
+    var value: Int { condition.withLock { count } }
+
+    func advance() {
+        condition.withLock {
+            count += 1
+            condition.broadcast()
+        }
+    }
+
+    /// Returns once the count is past `seen`, or after `seconds`.
+    func wait(untilPast seen: Int, seconds: Double) {
+        let limit = Date(timeIntervalSinceNow: seconds)
+        condition.withLock {
+            while count <= seen && condition.wait(until: limit) {}
+        }
     }
 }
