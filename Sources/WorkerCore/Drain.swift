@@ -446,21 +446,26 @@ public final class Drain: @unchecked Sendable {
         }
     }
 
+    /// Second-level lock-store shards one run prunes at most: 1/64 of them.
+    static let pruneShardsPerRun = 1024
+    /// How long one run's pruning may take at most.
+    static let pruneMilliseconds = 3000
+
     /// The bounded share of housekeeping each run does.
-    /// Each run goes on from where the last stopped, through at most 1/64 of
-    /// the second-level shards and for at most `pruneSeconds`: with ten million
-    /// markers on a cold cache, 1/64 of the store is minutes of reads, which
-    /// would hold the run lock (and the next run's events) that long.
-    func pruneSlice(pruneSeconds: Int = 3) {
+    /// Each run goes on from where the last stopped, through at most
+    /// `pruneShardsPerRun` shards and for at most `pruneMilliseconds`: with ten
+    /// million markers on a cold cache, 1/64 of the store is minutes of reads,
+    /// which would hold the run lock (and the next run's events) that long.
+    func pruneSlice() {
         let saved = files.read("prune-cursor")
         // "next" counted top shards before the cursor went down to second-level ones.
         let saidStart = (saved?["shard"] as? NSNumber)?.intValue ?? ((saved?["next"] as? NSNumber)?.intValue ?? 0) * 256
         let start = (0..<65536).contains(saidStart) ? saidStart : 0
-        let budget = Deadline(millisecondsFromNow: pruneSeconds * 1000)
+        let budget = Deadline(millisecondsFromNow: Self.pruneMilliseconds)
         let store = spool.lockStore
         var next = start
         var done = 0
-        while done < 1024 && !budget.hasPassed {
+        while done < Self.pruneShardsPerRun && !budget.hasPassed {
             let shard = LockStore.topShards[next / 256] + "/" + LockStore.topShards[next % 256]
             _ = store.prune(shard: shard, nowSeconds: nowSeconds, staleSeconds: config.retentionSeconds)
             next = (next + 1) % 65536
