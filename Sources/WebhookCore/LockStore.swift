@@ -247,19 +247,28 @@ extension LockStore {
                 count.busy += 1
                 continue
             }
-            if shouldPrune(fd, path: path, nowSeconds: nowSeconds, staleSeconds: staleSeconds) {
+            // Another pruner may have removed this marker between our open and
+            // our lock, and a request made a new one at the same path: that one
+            // is not ours to judge. While we hold the lock nobody else unlinks
+            // the inode we checked, so the path still names it when we unlink.
+            var held = stat()
+            var live = stat()
+            guard fstat(fd, &held) == 0, held.st_nlink > 0, stat(path, &live) == 0, live.st_ino == held.st_ino,
+                live.st_dev == held.st_dev
+            else { continue }
+            if shouldPrune(fd, modifiedAt: Int64(held.st_mtim.tv_sec), nowSeconds: nowSeconds, staleSeconds: staleSeconds) {
                 if fs.unlink(path) == 0 { count.removed += 1 }
             }
         }
         return count
     }
 
-    private func shouldPrune(_ fd: Int32, path: String, nowSeconds: Int64, staleSeconds: Int64) -> Bool {
+    private func shouldPrune(_ fd: Int32, modifiedAt: Int64, nowSeconds: Int64, staleSeconds: Int64) -> Bool {
         var buffer = [UInt8](repeating: 0, count: 512)
         let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
         let fields = n > 0
             ? buffer[0..<n].split(whereSeparator: { $0 == 32 || $0 == 10 }).map { String(decoding: $0, as: UTF8.self) } : []
-        let age = nowSeconds - (modificationTime(path) ?? nowSeconds)
+        let age = nowSeconds - modifiedAt
         if fields.count == 3, fields[0] == "C" || fields[0] == "H", let expires = Int64(fields[2]) {
             return expires < nowSeconds
         }

@@ -458,8 +458,10 @@ public final class Drain: @unchecked Sendable {
     /// which would hold the run lock (and the next run's events) that long.
     func pruneSlice() {
         let saved = files.read("prune-cursor")
-        // "next" counted top shards before the cursor went down to second-level ones.
-        let saidStart = (saved?["shard"] as? NSNumber)?.intValue ?? ((saved?["next"] as? NSNumber)?.intValue ?? 0) * 256
+        // "next" counted top shards before the cursor went down to second-level
+        // ones. A value out of range (a damaged file) starts from the first shard.
+        let legacyTop = (saved?["next"] as? NSNumber)?.intValue
+        let saidStart = (saved?["shard"] as? NSNumber)?.intValue ?? legacyTop.map { (0..<256).contains($0) ? $0 * 256 : 0 } ?? 0
         let start = (0..<65536).contains(saidStart) ? saidStart : 0
         let budget = Deadline(millisecondsFromNow: Self.pruneMilliseconds)
         let store = spool.lockStore

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 import WebhookCore
 import WebhookTestSupport
@@ -83,6 +84,38 @@ import WebhookTestSupport
         #expect(m.state == .absent)
         #expect(FileManager.default.fileExists(atPath: m.path))
         store.release(m)
+    }
+
+    @Test func aPrunerOvertakenBetweenOpenAndLockLeavesTheNewMarker() throws {
+        let dir = TempDirectory("locks")
+        defer { dir.remove() }
+        let plain = LockStore(root: dir.path)
+        let old = try plain.acquire(key: key, deadline: Deadline(millisecondsFromNow: 1000), nowSeconds: 1)
+        try plain.markCommitted(old, id: "old", expiresAt: 10)
+        plain.release(old)
+        let path = old.path
+        // Right after this pruner opens the expired marker, another pruner
+        // removes it and a request records a new acceptance at the same path.
+        let overtaken = Atomic<Bool>(false)
+        var ops = FileOps.system
+        ops.open = { p, flags, mode in
+            let fd = Glibc.open(p, flags, mode)
+            if p == path && !overtaken.exchange(true, ordering: .relaxed) {
+                unlink(p)
+                writeFile(p, "C new 1000\n")
+            }
+            return fd
+        }
+        let pruner = LockStore(root: dir.path, fs: ops)
+        let count = pruner.prune(shard: "ab/ab", nowSeconds: 100, staleSeconds: 50)
+        let raced = overtaken.load(ordering: .relaxed)
+        #expect(raced)
+        #expect(count.removed == 0)
+        #expect((try? String(contentsOfFile: path, encoding: .utf8)) == "C new 1000\n")
+        // The expired marker itself, met without a race, is removed.
+        writeFile(path, "C old 10\n")
+        #expect(plain.prune(shard: "ab/ab", nowSeconds: 100, staleSeconds: 50).removed == 1)
+        #expect(!FileManager.default.fileExists(atPath: path))
     }
 
     @Test func onlyHexKeysNamePaths() {

@@ -321,6 +321,33 @@ final class WorkerHarness: @unchecked Sendable {
         #expect(Set(filesUnder(h.spoolDir + "/dedupe").map { String($0.prefix(5)) }) == ["ff/ff"])
     }
 
+    @Test func thePruneCursorWrapsAndADamagedOneStartsAgain() throws {
+        let h = WorkerHarness()
+        let key = String(repeating: "0", count: 60)
+        func plant(_ shards: [String]) throws {
+            for shard in shards {
+                let dir = h.spoolDir + "/dedupe/" + shard
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                writeFile(dir + "/" + shard.replacingOccurrences(of: "/", with: "") + key, "C 1796400000000000-aa 1\n")
+            }
+        }
+        func left() -> Set<String> { Set(filesUnder(h.spoolDir + "/dedupe").map { String($0.prefix(5)) }) }
+        // From shard 65000 a run reaches ff/ff and goes on from 00/00 up to 01/e7.
+        try plant(["fd/e7", "ff/ff", "00/00", "01/e7", "01/e8"])
+        WorkerFiles(spoolDir: h.spoolDir).write("prune-cursor", ["shard": 65000])
+        _ = h.drain { $0.defaultAction = .exec("true") }
+        #expect(left() == ["fd/e7", "01/e8"], "\(left())")
+        // Damaged cursors (out of range, or an old top-shard count that would
+        // overflow) start again from the first shard instead of stopping the run.
+        for saved in [["shard": 70000], ["shard": -5], ["next": Int.max / 2]] as [[String: Int]] {
+            try plant(["00/00"])
+            WorkerFiles(spoolDir: h.spoolDir).write("prune-cursor", saved)
+            let report = h.drain { $0.defaultAction = .exec("true") }
+            #expect(report.leftForNextRun == 0)
+            #expect(!left().contains("00/00"), "\(saved)")
+        }
+    }
+
     @Test func pruneRemovesExpiredMarkersAndStaleTmpFiles() throws {
         let h = WorkerHarness()
         h.receive(h.event())
