@@ -31,6 +31,9 @@ public struct ReceiverConfig: Sendable {
         "WEBHOOK_DEDUPE_FIELDS", "WEBHOOK_ACK_DEADLINE", "WEBHOOK_THREADS", "WEBHOOK_DURABILITY", "WEBHOOK_UNSAFE",
         "WEBHOOK_MIN_FREE_BYTES",
     ]
+    /// Request parameters the nginx snippet sets, which CGI mode finds in its
+    /// environment beside the settings: not settings, and not warned about.
+    static let requestParameterKeys: Set<String> = ["WEBHOOK_ENDPOINT"]
 
     /// File holding the secrets, one per line; the first signs, all verify.
     public var secretFile: String
@@ -67,7 +70,9 @@ public struct ReceiverConfig: Sendable {
         if let configFile {
             for (key, value) in try ConfigFile.read(configFile) { values[key] = value }
         }
-        for key in values.keys.sorted() where key.hasPrefix("WEBHOOK_") && !knownKeys.contains(key) {
+        for key in values.keys.sorted() where key.hasPrefix("WEBHOOK_") && !knownKeys.contains(key)
+            && !requestParameterKeys.contains(key)
+        {
             warnings.append("unknown setting \(key) ignored")
         }
         func required(_ key: String) throws(ConfigError) -> String {

@@ -288,6 +288,10 @@ func json(_ r: HTTPResponse) -> [String: Any] {
         #expect(try cgi(long, body: body, dir: dir).out.hasPrefix("Status: 400 Bad Request\r\n"))
         #expect(try cgi(["REQUEST_METHOD": "PUT"], body: [], dir: dir).out.hasPrefix("Status: 405 Method Not Allowed\r\n"))
         #expect(filesUnder(dir.at("spool/new")).count == 1)
+        // A healthy answer is given and, as in FastCGI mode, not logged.
+        let health = try cgi(["REQUEST_METHOD": "GET", "WEBHOOK_ENDPOINT": "health"], body: [], dir: dir)
+        #expect(health.out.hasPrefix("Status: 200 OK\r\n"), "\(health.out)")
+        #expect(health.err.isEmpty, "\(health.err)")
     }
 
     @Test func refusesToStartWithoutASecret() throws {
