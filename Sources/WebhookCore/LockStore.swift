@@ -214,6 +214,13 @@ public struct MarkerPruneCount: Sendable, Equatable {
 
     /// Creates a zero count.
     public init() {}
+
+    /// Adds the counts of another pass.
+    public static func += (total: inout MarkerPruneCount, part: MarkerPruneCount) {
+        total.examined += part.examined
+        total.removed += part.removed
+        total.busy += part.busy
+    }
 }
 
 extension LockStore {
@@ -225,10 +232,7 @@ extension LockStore {
     public func prune(top: String, nowSeconds: Int64, staleSeconds: Int64) -> MarkerPruneCount {
         var count = MarkerPruneCount()
         for shard in listDirectory(root + "/" + top) ?? [] {
-            let c = prune(shard: top + "/" + shard, nowSeconds: nowSeconds, staleSeconds: staleSeconds)
-            count.examined += c.examined
-            count.removed += c.removed
-            count.busy += c.busy
+            count += prune(shard: top + "/" + shard, nowSeconds: nowSeconds, staleSeconds: staleSeconds)
         }
         return count
     }

@@ -141,10 +141,7 @@ public enum Admin {
         let store = LockStore(root: config.spoolDir + "/dedupe")
         var markers = MarkerPruneCount()
         for top in LockStore.topShards {
-            let c = store.prune(top: top, nowSeconds: nowSeconds, staleSeconds: config.retentionSeconds)
-            markers.examined += c.examined
-            markers.removed += c.removed
-            markers.busy += c.busy
+            markers += store.prune(top: top, nowSeconds: nowSeconds, staleSeconds: config.retentionSeconds)
         }
         for name in listDirectory(config.spoolDir + "/attempts") ?? [] where name.contains(".retried-") {
             let p = config.spoolDir + "/attempts/" + name
