@@ -10,7 +10,7 @@
 // request as soon as the last one is answered.
 import Foundation
 import Glibc
-public import WebhookCore
+import WebhookCore
 
 /// The first 128 bits of a body's SHA-256: enough to tell events apart.
 public struct BodyHash: Hashable, Sendable {

@@ -1,6 +1,6 @@
 // The load report: text for the terminal, JSON for machines, SVG for people.
 import Foundation
-public import WebhookCore
+import WebhookCore
 
 /// Renders a ``LoadResult``.
 public enum LoadReport {

@@ -2,7 +2,7 @@
 // (retry, prune), shared by webhook-worker and the metrics file.
 import Foundation
 import Glibc
-public import WebhookCore
+import WebhookCore
 
 /// Counts and ages read off the spool tree.
 public struct SpoolStatus {

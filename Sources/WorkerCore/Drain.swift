@@ -474,7 +474,7 @@ public final class Drain: @unchecked Sendable {
             done += 1
         }
         files.write("prune-cursor", ["shard": next])
-        Housekeeping(config: config, nowSeconds: nowSeconds).run()
+        _ = Housekeeping(config: config, nowSeconds: nowSeconds).run()
     }
 
     private func recordRun(_ r: DrainReport, seconds: Double) {

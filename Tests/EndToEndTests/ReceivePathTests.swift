@@ -320,7 +320,7 @@ func json(_ r: HTTPResponse) -> [String: Any] {
         p.environment = ["WEBHOOK_SECRET_FILE": dir.at("secret"), "WEBHOOK_SPOOL_DIR": dir.at("spool")]
         p.standardInput = FileHandle(fileDescriptor: fd, closeOnDealloc: false)
         let log = dir.at("log")
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         try p.run()
         #expect(waitUntil(seconds: 20) { !p.isRunning })

@@ -2,7 +2,7 @@
 // socket and nginx on a free loopback port, rendered from nginx/ by the same
 // script scripts/up uses.
 public import Foundation
-public import Glibc
+import Glibc
 
 /// Where the package and its built binaries are.
 public enum Paths {
@@ -88,7 +88,7 @@ public func run(_ program: String, _ arguments: [String], environment: [String: 
     let scratch = TempDirectory("run")
     defer { scratch.remove() }
     // Files rather than pipes: a chatty child can never block on a full pipe.
-    for name in ["in", "out", "err"] { FileManager.default.createFile(atPath: scratch.at(name), contents: nil) }
+    for name in ["in", "out", "err"] { _ = FileManager.default.createFile(atPath: scratch.at(name), contents: nil) }
     try (stdin ?? Data()).write(to: URL(fileURLWithPath: scratch.at("in")))
     let p = Process()
     p.executableURL = URL(fileURLWithPath: program)
@@ -226,7 +226,7 @@ public final class ReceiverStack: @unchecked Sendable {
         }
         p.environment = handlerEnvironment
         if !FileManager.default.fileExists(atPath: handlerLogPath) {
-            FileManager.default.createFile(atPath: handlerLogPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: handlerLogPath, contents: nil)
         }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: handlerLogPath))
         log.seekToEndOfFile()

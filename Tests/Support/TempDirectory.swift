@@ -1,6 +1,6 @@
 // Scratch directories and small file helpers for tests.
-public import Foundation
-public import Glibc
+import Foundation
+import Glibc
 
 /// A fresh directory under the system's temporary directory, removed by ``remove()``.
 public final class TempDirectory: @unchecked Sendable {
@@ -46,7 +46,7 @@ public func modeBits(_ path: String) -> UInt32 {
 
 /// Writes `text` to `path` with `mode`.
 public func writeFile(_ path: String, _ text: String, mode: Int = 0o600) {
-    FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+    _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
 }
 
 /// Polls `condition` every 10 ms until it holds or `seconds` pass; returns whether it held.

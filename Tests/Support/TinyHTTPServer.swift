@@ -1,7 +1,7 @@
 // A minimal HTTP/1.1 server on loopback for tests that need a peer: it records
 // each request and answers with a status the test chooses.
-public import Foundation
-public import Glibc
+import Foundation
+import Glibc
 
 /// A request as the server saw it.
 public struct ReceivedRequest: Sendable {

@@ -17,7 +17,7 @@ extension WorkerHarness {
         p.executableURL = URL(fileURLWithPath: Paths.binary("webhook-worker"))
         p.arguments = ["drain"] + arguments
         p.environment = environment
-        FileManager.default.createFile(atPath: dir.at(log), contents: nil)
+        _ = FileManager.default.createFile(atPath: dir.at(log), contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: dir.at(log)))
         p.standardOutput = handle
         p.standardError = handle
