@@ -339,7 +339,7 @@ final class WorkerHarness: @unchecked Sendable {
         #expect(left() == ["fd/e7", "01/e8"], "\(left())")
         // Damaged cursors (out of range, or an old top-shard count that would
         // overflow) start again from the first shard instead of stopping the run.
-        for saved in [["shard": 70000], ["shard": -5], ["next": Int.max / 2]] as [[String: Int]] {
+        for saved in [["shard": 70000], ["shard": -5], ["next": Int.max / 2], ["shard": 1e300]] as [[String: Any]] {
             try plant(["00/00"])
             WorkerFiles(spoolDir: h.spoolDir).write("prune-cursor", saved)
             let report = h.drain { $0.defaultAction = .exec("true") }
