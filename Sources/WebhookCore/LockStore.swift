@@ -136,14 +136,23 @@ public struct LockStore: Sendable {
             }
             // A pruner may have unlinked the marker while we waited; a lock on an
             // unlinked inode protects nothing, so start again on the live path.
-            var held = stat()
-            var live = stat()
-            if fstat(fd, &held) != 0 || stat(path, &live) != 0 || held.st_ino != live.st_ino || held.st_nlink == 0 {
+            guard Self.linkedStat(fd, at: path) != nil else {
                 _ = fs.close(fd)
                 continue
             }
             return HeldMarker(fd: fd, path: path, state: readState(fd, nowSeconds: nowSeconds))
         }
+    }
+
+    /// The status of the file open as `fd` when `path` still names it, or nil
+    /// when it was unlinked or replaced after it was opened.
+    static func linkedStat(_ fd: Int32, at path: String) -> stat? {
+        var held = stat()
+        var live = stat()
+        guard fstat(fd, &held) == 0, held.st_nlink > 0, stat(path, &live) == 0, live.st_ino == held.st_ino,
+            live.st_dev == held.st_dev
+        else { return nil }
+        return held
     }
 
     private func readState(_ fd: Int32, nowSeconds: Int64) -> MarkerState {
@@ -255,11 +264,7 @@ extension LockStore {
             // our lock, and a request made a new one at the same path: that one
             // is not ours to judge. While we hold the lock nobody else unlinks
             // the inode we checked, so the path still names it when we unlink.
-            var held = stat()
-            var live = stat()
-            guard fstat(fd, &held) == 0, held.st_nlink > 0, stat(path, &live) == 0, live.st_ino == held.st_ino,
-                live.st_dev == held.st_dev
-            else { continue }
+            guard let held = Self.linkedStat(fd, at: path) else { continue }
             if shouldPrune(fd, modifiedAt: Int64(held.st_mtim.tv_sec), nowSeconds: nowSeconds, staleSeconds: staleSeconds) {
                 if fs.unlink(path) == 0 { count.removed += 1 }
             }
